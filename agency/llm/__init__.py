@@ -1,0 +1,1 @@
+"""Model providers, fakes, routing and usage accounting."""

@@ -1,0 +1,204 @@
+"""Pydantic models for what crosses a boundary: LLM output, specialist
+definition files, Director input. Everything a model returns is validated here
+before the core acts on it."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HANDLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{1,31}$")
+TASK_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
+Oversight = Literal["autonomous", "plan", "milestones", "every_task"]
+OVERSIGHT_LEVELS: tuple[str, ...] = ("autonomous", "plan", "milestones", "every_task")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+def _check_handle(v: str) -> str:
+    v = v.lstrip("@")
+    if not HANDLE_RE.match(v):
+        raise ValueError(
+            f"handle {v!r} must start with a letter and use 2-32 letters, digits, '-' or '_'"
+        )
+    return v
+
+
+# -- approaches -------------------------------------------------------------------------
+class Approach(_Model):
+    title: str = Field(min_length=3, max_length=120)
+    summary: str = Field(min_length=10, max_length=2000)
+    outputs: list[str] = Field(min_length=1, max_length=10)
+    risks: list[str] = Field(default_factory=list, max_length=10)
+    rough_cost: str = Field("", max_length=200, description="rough cost, e.g. '12 model calls, ~$0.05'")
+
+
+class ApproachSet(_Model):
+    thinking: str = ""
+    approaches: list[Approach] = Field(min_length=2, max_length=4)
+    recommended: int = Field(1, ge=1, description="1-based index of the approach the PM recommends")
+
+    @model_validator(mode="after")
+    def _rec_in_range(self) -> "ApproachSet":
+        if self.recommended > len(self.approaches):
+            raise ValueError(f"recommended must be between 1 and {len(self.approaches)}")
+        return self
+
+
+# -- specialists -------------------------------------------------------------------------
+class CustomCommand(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    description: str = Field(min_length=3, max_length=200)
+
+
+class SpecialistDefinition(_Model):
+    """A specialist's definition: a catalogue file, or created by the PM when hiring."""
+
+    role: str = Field(min_length=2, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")
+    title: str = Field("", max_length=80)
+    expertise: list[str] = Field(min_length=1, max_length=20)
+    expectations: list[str] = Field(min_length=1, max_length=20)
+    collaboration_strategy: str = Field(min_length=10, max_length=1000)
+    adaptability_strategy: str = Field(min_length=10, max_length=1000)
+    custom_commands: list[CustomCommand] = Field(default_factory=list, max_length=10)
+    system_message: str = Field("", max_length=8000)
+    tools: list[str] = Field(default_factory=list)
+
+    @field_validator("custom_commands")
+    @classmethod
+    def _no_reserved(cls, v: list[CustomCommand]) -> list[CustomCommand]:
+        from agency.commands import RESERVED_NAMES
+
+        for c in v:
+            if c.name in RESERVED_NAMES:
+                raise ValueError(f"custom command /{c.name} clashes with a built-in command")
+        return v
+
+
+class StaffingSpec(_Model):
+    """A specialist the plan needs: reuse a stored one (by handle) or create one."""
+
+    handle: str
+    role: str = Field(min_length=2, max_length=40)
+    reuse: bool = False
+    definition: SpecialistDefinition | None = None  # for a new role not in the catalogue
+
+    _h = field_validator("handle")(_check_handle)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        return v.strip().lower().replace(" ", "-")
+
+
+# -- the plan ---------------------------------------------------------------------------
+class TaskScores(_Model):
+    """The PM's rating of a task on the routing criteria, each 1..5."""
+
+    reasoning: int = Field(3, ge=1, le=5)
+    domain: int = Field(3, ge=1, le=5)
+    language: int = Field(3, ge=1, le=5)
+    quality: int = Field(3, ge=1, le=5)
+
+
+class StreamSpec(_Model):
+    key: str = Field(pattern=r"^[a-z][a-z0-9-]{1,30}$", description="channel name, e.g. 'research'")
+    goal: str = Field(min_length=5, max_length=500)
+    success_criteria: list[str] = Field(min_length=1, max_length=10)
+
+
+class TaskSpec(_Model):
+    id: str
+    title: str = Field(min_length=3, max_length=200)
+    description: str = Field(min_length=5, max_length=4000)
+    stream: str = ""
+    assignee: str = ""
+    depends_on: list[str] = Field(default_factory=list)
+    success_criteria: list[str] = Field(min_length=1, max_length=10)
+    scores: TaskScores = Field(default_factory=TaskScores)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not TASK_ID_RE.match(v):
+            raise ValueError(f"task id {v!r} must start with a letter and be short (e.g. T1)")
+        return v
+
+    @field_validator("assignee")
+    @classmethod
+    def _assignee(cls, v: str) -> str:
+        return v.lstrip("@")
+
+
+class WorkPlan(_Model):
+    thinking: str = ""
+    summary: str = Field(min_length=10, max_length=4000)
+    outputs: list[str] = Field(min_length=1, max_length=20)
+    success_criteria: list[str] = Field(min_length=1, max_length=20)
+    streams: list[StreamSpec] = Field(min_length=1, max_length=12)
+    specialists: list[StaffingSpec] = Field(min_length=1, max_length=30)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=100)
+    oversight: Oversight | None = None
+    milestones: list[str] = Field(default_factory=list, description="stream keys to gate at 'milestones'")
+
+
+# -- turns ------------------------------------------------------------------------------
+class AgentTurn(_Model):
+    """One turn of any agent: private reasoning, a chat message, command intents."""
+
+    thinking: str = Field("", max_length=20000)
+    message: str = Field("", max_length=60000)
+    commands: list[str] = Field(default_factory=list, max_length=10)
+
+
+class Review(_Model):
+    thinking: str = ""
+    decision: Literal["accept", "revise"]
+    criteria_met: list[bool] = Field(default_factory=list)
+    notes: str = Field("", max_length=4000)
+    message: str = Field("", max_length=4000)
+
+    @model_validator(mode="after")
+    def _notes_for_revise(self) -> "Review":
+        if self.decision == "revise" and not self.notes:
+            raise ValueError("a 'revise' decision needs notes that say what to change")
+        return self
+
+
+class Deliverable(_Model):
+    title: str = Field(min_length=3, max_length=200)
+    summary: str = Field(min_length=10, max_length=2000)
+    body_markdown: str = Field(min_length=10)
+
+
+class EscalationDecision(_Model):
+    """The PM's answer to a blocked task."""
+
+    thinking: str = ""
+    action: Literal["feedback", "reassign", "hire", "replan", "escalate"]
+    message: str = Field("", max_length=4000, description="feedback to the specialist, or the reason")
+    assignee: str = ""  # reassign: an existing handle
+    hire_role: str = ""  # hire: a catalogue role
+
+    @field_validator("assignee")
+    @classmethod
+    def _assignee(cls, v: str) -> str:
+        return v.lstrip("@")
+
+
+# -- director input ---------------------------------------------------------------------
+class ProjectRequest(_Model):
+    objective: str = Field(min_length=10, max_length=4000)
+    oversight: Oversight = "plan"
+    budget_usd: float | None = Field(None, gt=0)
+    budget_tokens: int | None = Field(None, gt=0)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: str) -> str:
+        if len(v.split()) < 2:
+            raise ValueError("describe the objective in a sentence (at least a few words)")
+        return v
