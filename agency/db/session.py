@@ -49,9 +49,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
 def alembic_config(url: str):  # noqa: ANN201
     from alembic.config import Config
 
-    import migrations
-
-    mig_dir = Path(migrations.__file__).resolve().parent
+    mig_dir = ROOT / "migrations"  # the repository's folder (installs are editable; see Dockerfile)
+    if not (mig_dir / "env.py").is_file():
+        raise RuntimeError(f"migrations not found at {mig_dir}; install A-TEAMs from its repository with `pip install -e .`")
     cfg = Config()
     cfg.set_main_option("script_location", str(mig_dir))
     cfg.set_main_option("sqlalchemy.url", url)

@@ -1,0 +1,176 @@
+"""Small helpers over a session: take a session, add or read rows.
+
+Every helper that writes only adds to the session; the caller commits, so a
+state change and its outbound messages land in one transaction.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agency.db.tables import (
+    AgencyRow,
+    EventRow,
+    LLMCallRow,
+    MemberRow,
+    MessageRow,
+    SpaceRow,
+    SystemMessageRow,
+    TaskDepRow,
+    TaskRow,
+)
+
+SYSTEM = "A-TEAMs"
+
+
+def hq() -> str:
+    return "hq"
+
+
+def project_addr(pid: int) -> str:
+    return f"project:{pid}"
+
+
+def overview(pid: int) -> str:
+    return f"overview:{pid}"
+
+
+def stream_addr(sid: int) -> str:
+    return f"stream:{sid}"
+
+
+def thread_addr(sid: int, mid: int) -> str:
+    return f"thread:{sid}:{mid}"
+
+
+def post(
+    s: AsyncSession,
+    agency_id: int,
+    project_id: int | None,
+    address: str,
+    persona: str,
+    content: str,
+    *,
+    kind: str = "chat",
+    approval_id: int | None = None,
+    attachment: tuple[str, str] | None = None,
+    mentions: list[str] | None = None,
+    upsert_key: str | None = None,
+) -> MessageRow:
+    row = MessageRow(
+        agency_id=agency_id,
+        project_id=project_id,
+        direction="out",
+        address=address,
+        persona=persona,
+        kind=kind,
+        content=content,
+        approval_id=approval_id,
+        attachment_name=attachment[0] if attachment else None,
+        attachment_text=attachment[1] if attachment else None,
+        mentions=mentions or [],
+        upsert_key=upsert_key,
+        status="pending",
+    )
+    s.add(row)
+    return row
+
+
+async def supersede_pending(s: AsyncSession, upsert_key: str) -> None:
+    """An edit-in-place message: drop older undelivered versions of it."""
+    await s.execute(
+        update(MessageRow)
+        .where(MessageRow.upsert_key == upsert_key, MessageRow.status == "pending")
+        .values(status="superseded")
+    )
+
+
+def event(s: AsyncSession, project_id: int | None, event_kind: str, /, task_id: int | None = None, **data: Any) -> None:
+    s.add(EventRow(project_id=project_id, task_id=task_id, kind=event_kind, data=data))
+
+
+async def declare_space(
+    s: AsyncSession, agency_id: int, address: str, kind: str, name: str, parent: str | None = None, topic: str = ""
+) -> SpaceRow:
+    row = (
+        await s.execute(select(SpaceRow).where(SpaceRow.agency_id == agency_id, SpaceRow.address == address))
+    ).scalar_one_or_none()
+    if row is None:
+        row = SpaceRow(agency_id=agency_id, address=address, kind=kind, name=name[:100], parent=parent, topic=topic)
+        s.add(row)
+    return row
+
+
+async def get_or_create_agency(s: AsyncSession, external_id: str, name: str) -> AgencyRow:
+    row = (await s.execute(select(AgencyRow).where(AgencyRow.external_id == external_id))).scalar_one_or_none()
+    if row is None:
+        row = AgencyRow(external_id=external_id, name=name, settings={})
+        s.add(row)
+        await s.flush()
+        await declare_space(s, row.id, hq(), "hq", "hq", topic="Director <-> PM, agency-wide news")
+    return row
+
+
+async def member_by_handle(s: AsyncSession, agency_id: int, handle: str) -> MemberRow | None:
+    handle = handle.lstrip("@")
+    return (
+        await s.execute(
+            select(MemberRow).where(MemberRow.agency_id == agency_id, func.lower(MemberRow.handle) == handle.lower())
+        )
+    ).scalar_one_or_none()
+
+
+async def member_by_user(s: AsyncSession, agency_id: int, user_id: str) -> MemberRow | None:
+    return (
+        await s.execute(
+            select(MemberRow).where(MemberRow.agency_id == agency_id, MemberRow.external_user_id == user_id)
+        )
+    ).scalar_one_or_none()
+
+
+async def active_system_message(s: AsyncSession, member_id: int) -> SystemMessageRow | None:
+    return (
+        await s.execute(
+            select(SystemMessageRow)
+            .where(SystemMessageRow.member_id == member_id, SystemMessageRow.status == "active")
+            .order_by(SystemMessageRow.version.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def next_version(s: AsyncSession, member_id: int) -> int:
+    v = (
+        await s.execute(select(func.max(SystemMessageRow.version)).where(SystemMessageRow.member_id == member_id))
+    ).scalar()
+    return (v or 0) + 1
+
+
+async def task_deps(s: AsyncSession, project_id: int) -> dict[int, list[int]]:
+    rows = (
+        await s.execute(
+            select(TaskDepRow.task_id, TaskDepRow.depends_on_id)
+            .join(TaskRow, TaskRow.id == TaskDepRow.task_id)
+            .where(TaskRow.project_id == project_id)
+        )
+    ).all()
+    out: dict[int, list[int]] = {}
+    for t, d in rows:
+        out.setdefault(t, []).append(d)
+    return out
+
+
+async def project_usage(s: AsyncSession, project_id: int) -> tuple[int, float, int]:
+    """(tokens, cost in USD, calls) spent on a project, orchestration included."""
+    tokens, cost, calls = (
+        await s.execute(
+            select(
+                func.coalesce(func.sum(LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens), 0),
+                func.coalesce(func.sum(LLMCallRow.cost_usd), 0.0),
+                func.count(LLMCallRow.id),
+            ).where(LLMCallRow.project_id == project_id)
+        )
+    ).one()
+    return int(tokens), float(cost), int(calls)

@@ -1,0 +1,289 @@
+"""The one gateway every role uses to call a model.
+
+It picks the model for a tier, enforces the global concurrency limit and the
+project's budget, retries transient failures with backoff (honouring
+Retry-After), validates the reply against the pydantic schema with one repair
+round, and records every physical call in ``llm_calls``. A call with a
+``call_key`` whose answer is already recorded is answered from the record, so a
+restart never pays twice for the same answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from agency.db.session import Database
+from agency.db.tables import LLMCallRow
+from agency.errors import LLMError, LLMOutputError, TransientModelError
+from agency.llm.base import ChatModel, ModelReply, ModelRequest
+from agency.llm.usage import cost_usd, estimate_tokens
+from agency.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=BaseModel)
+_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.S)
+
+
+@dataclass
+class CallContext:
+    """Who is calling and why; stored with the record."""
+
+    role: str
+    purpose: str
+    agency_id: int | None = None
+    project_id: int | None = None
+    task_id: int | None = None
+    member_id: int | None = None
+    stream_id: int | None = None
+    call_key: str | None = None
+    tier: str | None = None
+    retrieved: list[Any] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # for fakes and the simulator
+
+
+@dataclass
+class ModelSet:
+    """The models by tier: tier name -> (provider, model name)."""
+
+    tiers: dict[str, tuple[ChatModel, str]]
+    default_tier: str
+    simulated: bool = False
+
+    def get(self, tier: str | None) -> tuple[str, ChatModel, str]:
+        name = tier if tier in self.tiers else self.default_tier
+        provider, model = self.tiers[name]
+        return name, provider, model
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.tiers)
+
+
+def extract_json(text: str) -> Any:
+    """Parse a reply that should be JSON; tolerate code fences and leading prose."""
+    s = text.strip()
+    m = _FENCE.match(s)
+    if m:
+        s = m.group(1).strip()
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError:
+        start, end = s.find("{"), s.rfind("}")
+        if 0 <= start < end:
+            return json.loads(s[start : end + 1])
+        raise
+
+
+def validate_reply(schema: type[T], text: str) -> T:
+    """Raise ValueError with a readable message when ``text`` is not a valid ``schema``."""
+    try:
+        data = extract_json(text)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"the reply is not valid JSON ({e}); reply with one JSON object only") from None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        errs = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors()[:10]
+        )
+        raise ValueError(errs) from None
+
+
+BudgetCheck = Callable[[CallContext], Awaitable[None]]
+CallObserver = Callable[[LLMCallRow], None]
+
+
+class LLMClient:
+    def __init__(self, db: Database, models: ModelSet, settings: Settings) -> None:
+        self.db = db
+        self.models = models
+        self.settings = settings
+        self._sem = asyncio.Semaphore(settings.llm.concurrency)
+        self.budget_check: BudgetCheck | None = None  # set by the engine
+        self.observers: list[CallObserver] = []  # metrics, live status
+        self.calls_made = 0  # physical calls made by this process (not answered from the record)
+
+    @property
+    def simulated(self) -> bool:
+        return self.models.simulated
+
+    async def call(self, schema: type[T], messages: list[dict[str, str]], ctx: CallContext) -> T:
+        if ctx.call_key:
+            cached = await self._recorded(ctx.call_key, schema)
+            if cached is not None:
+                return cached
+        if self.budget_check is not None:
+            await self.budget_check(ctx)
+        tier, provider, model = self.models.get(ctx.tier)
+        ctx.tier = tier
+        request = ModelRequest(
+            messages=messages,
+            schema_name=schema.__name__,
+            json_schema=schema.model_json_schema(),
+            model=model,
+            role=ctx.role,
+            purpose=ctx.purpose,
+            meta=ctx.meta,
+        )
+        reply = await self._generate(provider, request, ctx)
+        try:
+            parsed = validate_reply(schema, reply.text)
+        except ValueError as first:
+            await self._record(ctx, request, reply, outcome="invalid", error=str(first), key_suffix="#invalid")
+            log.warning("invalid %s from %s (project=%s); repair round: %s", schema.__name__, model, ctx.project_id, first)
+            repair = ModelRequest(
+                messages=[
+                    *messages,
+                    {"role": "assistant", "content": reply.text[:8000]},
+                    {
+                        "role": "user",
+                        "content": f"Your reply did not validate against the {schema.__name__} schema: {first}. "
+                        "Reply again with a single JSON object that fixes these errors and nothing else.",
+                    },
+                ],
+                schema_name=request.schema_name,
+                json_schema=request.json_schema,
+                model=model,
+                role=ctx.role,
+                purpose=ctx.purpose,
+                meta={**ctx.meta, "repair": str(first)},
+            )
+            reply2 = await self._generate(provider, repair, ctx)
+            try:
+                parsed = validate_reply(schema, reply2.text)
+            except ValueError as second:
+                await self._record(ctx, repair, reply2, outcome="invalid", error=str(second), key_suffix="#invalid2")
+                raise LLMOutputError(schema.__name__, str(second), reply2.text) from None
+            await self._record(ctx, repair, reply2, outcome="repaired", parsed=parsed)
+            return parsed
+        await self._record(ctx, request, reply, outcome="ok", parsed=parsed)
+        return parsed
+
+    async def _generate(self, provider: ChatModel, request: ModelRequest, ctx: CallContext) -> ModelReply:
+        cfg = self.settings.llm
+
+        def _wait(retry_state: Any) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            base = wait_exponential_jitter(initial=0.5, max=cfg.retry_max_wait_seconds)(retry_state)
+            if isinstance(exc, TransientModelError) and exc.retry_after:
+                return min(max(exc.retry_after, 0.0), cfg.retry_max_wait_seconds)
+            return base
+
+        started = time.perf_counter()
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TransientModelError),
+                stop=stop_after_attempt(cfg.max_retries + 1),
+                wait=_wait,
+                reraise=True,
+            ):
+                with attempt:
+                    async with self._sem:
+                        self.calls_made += 1
+                        reply = await asyncio.wait_for(provider.generate(request), timeout=cfg.timeout_seconds * 1.5)
+        except asyncio.TimeoutError:
+            await self._record_error(ctx, request, "timeout", started)
+            raise LLMError(f"The model did not answer within {cfg.timeout_seconds:.0f} s.") from None
+        except TransientModelError as e:
+            await self._record_error(ctx, request, e.user_message, started)
+            raise LLMError(f"The model kept failing after {cfg.max_retries} retries: {e.user_message}") from e
+        except LLMError as e:
+            await self._record_error(ctx, request, e.user_message, started)
+            raise
+        ctx.meta["_latency_ms"] = (time.perf_counter() - started) * 1000
+        return reply
+
+    async def _recorded(self, key: str, schema: type[T]) -> T | None:
+        async with self.db.session() as s:
+            row = (
+                await s.execute(
+                    select(LLMCallRow)
+                    .where(LLMCallRow.call_key == key, LLMCallRow.outcome.in_(("ok", "repaired")))
+                    .order_by(LLMCallRow.id.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        if row is None or row.response is None:
+            return None
+        try:
+            return validate_reply(schema, row.response)
+        except ValueError:
+            return None
+
+    async def _record(
+        self,
+        ctx: CallContext,
+        request: ModelRequest,
+        reply: ModelReply,
+        *,
+        outcome: str,
+        error: str | None = None,
+        parsed: BaseModel | None = None,
+        key_suffix: str = "",
+    ) -> None:
+        pt = reply.prompt_tokens or sum(estimate_tokens(m.get("content", "")) for m in request.messages)
+        ct = reply.completion_tokens or estimate_tokens(reply.text)
+        row = LLMCallRow(
+            agency_id=ctx.agency_id,
+            project_id=ctx.project_id,
+            task_id=ctx.task_id,
+            member_id=ctx.member_id,
+            stream_id=ctx.stream_id,
+            call_key=(ctx.call_key + key_suffix) if ctx.call_key else None,
+            role=ctx.role,
+            purpose=ctx.purpose,
+            model=reply.model or (request.model or ""),
+            tier=ctx.tier,
+            request={"messages": request.messages, "schema": request.schema_name},
+            response=parsed.model_dump_json() if parsed is not None else reply.text,
+            retrieved=ctx.retrieved,
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            cost_usd=cost_usd(self.settings.price(request.model or reply.model), pt, ct),
+            latency_ms=float(ctx.meta.get("_latency_ms", 0.0)),
+            simulated=int(reply.simulated),
+            outcome=outcome,
+            error=error,
+        )
+        async with self.db.session() as s, s.begin():
+            s.add(row)
+        for obs in self.observers:
+            try:
+                obs(row)
+            except Exception:  # an observer must never break a call
+                log.exception("LLM call observer failed")
+
+    async def _record_error(self, ctx: CallContext, request: ModelRequest, error: str, started: float) -> None:
+        row = LLMCallRow(
+            agency_id=ctx.agency_id,
+            project_id=ctx.project_id,
+            task_id=ctx.task_id,
+            member_id=ctx.member_id,
+            stream_id=ctx.stream_id,
+            call_key=(ctx.call_key + "#error") if ctx.call_key else None,
+            role=ctx.role,
+            purpose=ctx.purpose,
+            model=request.model or "",
+            tier=ctx.tier,
+            request={"messages": request.messages, "schema": request.schema_name},
+            latency_ms=(time.perf_counter() - started) * 1000,
+            outcome="error",
+            error=error[:2000],
+        )
+        async with self.db.session() as s, s.begin():
+            s.add(row)
+        for obs in self.observers:
+            try:
+                obs(row)
+            except Exception:
+                log.exception("LLM call observer failed")

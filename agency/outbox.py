@@ -1,0 +1,160 @@
+"""Delivers the outbox through a chat port, exactly once per row where the
+platform allows it (rows are marked delivered with the external id; a resend
+after a crash carries the same nonce)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+
+from agency.db.session import Database
+from agency.db.tables import AgencyRow, MessageRow, SpaceRow, utcnow
+from agency.ports import ChatPort, OutboundMessage, SpaceSpec
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 5
+
+
+class OutboxDispatcher:
+    def __init__(self, db: Database, chat: ChatPort, ready: asyncio.Event | None = None, *, poll_seconds: float = 1.0) -> None:
+        self.db = db
+        self.chat = chat
+        self.ready = ready or asyncio.Event()
+        self.poll_seconds = poll_seconds
+        self.delivered = 0
+        self.observers: list[Callable[[OutboundMessage, float], None]] = []  # (message, seconds to send)
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.ready.wait(), self.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self.ready.clear()
+            try:
+                await self.drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox drain failed; retrying")
+                await asyncio.sleep(self.poll_seconds)
+
+    async def depth(self) -> int:
+        async with self.db.session() as s:
+            return int((await s.execute(select(func.count(MessageRow.id)).where(MessageRow.direction == "out", MessageRow.status == "pending"))).scalar() or 0)
+
+    async def drain(self) -> int:
+        """Deliver every pending message, oldest first; return how many went out."""
+        async with self._lock:
+            sent = 0
+            while True:
+                async with self.db.session() as s:
+                    rows = list((await s.execute(
+                        select(MessageRow).where(MessageRow.direction == "out", MessageRow.status == "pending").order_by(MessageRow.id).limit(200)
+                    )).scalars())
+                if not rows:
+                    return sent
+                stuck: set[str] = set()
+                progressed = False
+                for row in rows:
+                    if row.address in stuck:
+                        continue  # keep per-space order: a failed message holds back the ones after it
+                    ok = await self._deliver(row)
+                    if ok:
+                        sent += 1
+                        progressed = True
+                    else:
+                        stuck.add(row.address)
+                if not progressed:
+                    return sent
+
+    async def _space(self, agency_id: int, address: str) -> tuple[SpaceSpec, str]:
+        async with self.db.session() as s:
+            agency = await s.get(AgencyRow, agency_id)
+            row = (await s.execute(select(SpaceRow).where(SpaceRow.agency_id == agency_id, SpaceRow.address == address))).scalar_one_or_none()
+            if row is None:
+                kind = address.split(":", 1)[0]
+                row = SpaceRow(agency_id=agency_id, address=address, kind=kind if kind in ("hq", "overview", "stream", "thread", "project") else "hq", name=address.replace(":", "-"))
+                s.add(row)
+                await s.commit()
+            spec = SpaceSpec(address=row.address, kind=row.kind, name=row.name, parent=row.parent, topic=row.topic,  # type: ignore[arg-type]
+                             agency_external_id=agency.external_id if agency else "")
+            if row.parent:
+                await self._space(agency_id, row.parent)
+            ext = await self.chat.ensure_space(spec)
+            if ext != row.external_id:
+                row = await s.get(SpaceRow, row.id)
+                row.external_id = ext  # type: ignore[union-attr]
+                await s.commit()
+            return spec, ext
+
+    async def _deliver(self, row: MessageRow) -> bool:
+        try:
+            spec, space_ext = await self._space(row.agency_id, row.address)
+            async with self.db.session() as s:
+                agency = await s.get(AgencyRow, row.agency_id)
+                options: list[str] = []
+                if row.approval_id:
+                    from agency.db.tables import ApprovalRow
+
+                    a = await s.get(ApprovalRow, row.approval_id)
+                    options = list(a.options or []) if a else []
+                previous = None
+                if row.upsert_key:
+                    previous = (await s.execute(select(MessageRow.external_id).where(
+                        MessageRow.upsert_key == row.upsert_key, MessageRow.status == "delivered", MessageRow.external_id.is_not(None)
+                    ).order_by(MessageRow.id.desc()).limit(1))).scalar_one_or_none()
+            msg = OutboundMessage(
+                id=row.id, agency_external_id=agency.external_id if agency else "", space=spec, persona=row.persona,
+                content=row.content, kind=row.kind, attachment_name=row.attachment_name, attachment_text=row.attachment_text,
+                approval_id=row.approval_id, approval_options=options, mention_user_ids=list(row.mentions or []),
+                upsert_key=row.upsert_key, nonce=f"ateams-{row.id}",
+            )
+            started = time.perf_counter()
+            if previous:
+                ext = await self.chat.edit(msg, space_ext, previous)
+            else:
+                ext = await self.chat.send(msg, space_ext)
+            elapsed = time.perf_counter() - started
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("delivery of message %s to %s failed: %s", row.id, row.address, e)
+            async with self.db.session() as s, s.begin():
+                r = await s.get(MessageRow, row.id)
+                if r is not None:
+                    r.attempts += 1
+                    r.error = str(getattr(e, "user_message", e))[:500]
+                    if r.attempts >= MAX_ATTEMPTS:
+                        r.status = "failed"
+                        log.error("message %s gave up after %d attempts: %s", row.id, r.attempts, r.error)
+            return False
+        async with self.db.session() as s, s.begin():
+            r = await s.get(MessageRow, row.id)
+            if r is not None:
+                r.status = "delivered"
+                r.external_id = str(ext)
+                r.delivered_at = utcnow()
+                r.attempts += 1
+        self.delivered += 1
+        for obs in self.observers:
+            try:
+                obs(msg, elapsed)
+            except Exception:
+                log.exception("outbox observer failed")
+        return True

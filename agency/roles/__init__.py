@@ -1,0 +1,1 @@
+"""Prompt building and structured turns for each role."""

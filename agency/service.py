@@ -1,0 +1,662 @@
+"""AgencyService: the one API the adapters (Discord, terminal, tests) call."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from agency import commands as cmdlib
+from agency.db import repos
+from agency.db.repos import SYSTEM, overview, post
+from agency.db.session import Database
+from agency.db.tables import (
+    AgencyRow,
+    ApprovalRow,
+    FeedbackRow,
+    LLMCallRow,
+    MemberRow,
+    MessageRow,
+    ProjectRow,
+    SpaceRow,
+    StreamMemberRow,
+    StreamRow,
+    SystemMessageRow,
+    TaskDepRow,
+    TaskRow,
+)
+from agency.engine import PM_HANDLE, Engine
+from agency.errors import AgencyError, CommandError, NotFoundError, PermissionDeniedError
+from agency.llm.client import CallContext, LLMClient, ModelSet
+from agency.llm.simulated import NOTICE, SimulatedModel
+from agency.llm.usage import format_usd
+from agency.models import TERMINAL, Actor, MemberInfo, ProjectInfo, StatusReport, TaskInfo
+from agency.outbox import OutboxDispatcher
+from agency.ports import ChatPort
+from agency.roles import specialist as spec_role
+from agency.schemas import AgentTurn, ProjectRequest
+from agency.settings import Settings
+from specialists.loader import Catalogue, load_catalogue
+
+log = logging.getLogger(__name__)
+
+
+def build_model_set(settings: Settings, *, dry_run: bool | None = None) -> ModelSet:
+    """Real models when an endpoint or key is configured; otherwise the simulator (a dry run)."""
+    dry = settings.dry_run if dry_run is None else dry_run
+    if dry or not settings.has_model_endpoint:
+        return ModelSet({name: (SimulatedModel(t.model), t.model) for name, t in settings.llm.tiers.items()},
+                        settings.llm.default_tier, simulated=True)
+    from agency.llm.openai import OpenAIModel
+
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    providers: dict[str | None, Any] = {}
+    tiers: dict[str, tuple[Any, str]] = {}
+    for name, t in settings.llm.tiers.items():
+        base = t.base_url or settings.llm.base_url
+        if base not in providers:
+            providers[base] = OpenAIModel(model=t.model, base_url=base, api_key=key, mode=settings.llm.mode,
+                                          timeout=settings.llm.timeout_seconds)
+        tiers[name] = (providers[base], t.model)
+    return ModelSet(tiers, settings.llm.default_tier, simulated=False)
+
+
+@dataclass
+class CommandResult:
+    """What a text command answered; ``ephemeral`` replies go only to the caller."""
+
+    text: str
+    ephemeral: bool = True
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class AgencyService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        llm: LLMClient,
+        chat: ChatPort | None = None,
+        *,
+        catalogue: Catalogue | None = None,
+        memory: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.llm = llm
+        self.catalogue = catalogue or load_catalogue()
+        self.memory = memory
+        self.engine = Engine(db, llm, settings, self.catalogue)
+        self.chat = chat
+        self.dispatcher = OutboxDispatcher(db, chat, self.engine.outbox_ready) if chat is not None else None
+        self._status_dirty: set[int] = set()
+        self._status_task: asyncio.Task[None] | None = None
+        self._status_event = asyncio.Event()
+        self.engine.on_change.append(self._mark_status)
+        self._started_at: dict[int, float] = {}
+        # more commands plug in here (learning, memory, audit): name -> async (service, agency, address, actor, cmd) -> CommandResult
+        self.extra_commands: dict[str, Any] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    async def create(cls, settings: Settings, chat: ChatPort | None = None, *, models: ModelSet | None = None,
+                     memory: Any = None, upgrade: bool = True) -> "AgencyService":
+        db = Database(settings.db_url)
+        if upgrade:
+            await db.upgrade()
+        llm = LLMClient(db, models or build_model_set(settings), settings)
+        return cls(settings, db, llm, chat, memory=memory)
+
+    async def start(self) -> list[int]:
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        self._status_task = asyncio.create_task(self._status_loop(), name="status")
+        return await self.engine.start()
+
+    async def stop(self) -> None:
+        """Graceful: stop scheduling, let committed state stand, flush the outbox once."""
+        await self.engine.stop()
+        if self._status_task:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            try:
+                await asyncio.wait_for(self.dispatcher.drain(), 10)
+            except Exception:
+                log.warning("outbox not fully drained at shutdown; it will be delivered after the restart")
+
+    async def close(self) -> None:
+        await self.stop()
+        await self.db.dispose()
+
+    # -- agencies and projects ----------------------------------------------------------------
+    async def ensure_agency(self, external_id: str, name: str) -> int:
+        async with self.db.session() as s:
+            a = await repos.get_or_create_agency(s, external_id, name)
+            await s.commit()
+            return a.id
+
+    async def _agency(self, s: Any, external_id: str) -> AgencyRow:
+        a = (await s.execute(select(AgencyRow).where(AgencyRow.external_id == external_id))).scalar_one_or_none()
+        if a is None:
+            raise NotFoundError("This server has no agency yet: run `/agency setup` first.")
+        return a
+
+    async def new_project(self, agency_external_id: str, objective: str, *, oversight: str | None = None,
+                          budget_usd: float | None = None, budget_tokens: int | None = None, actor: Actor | None = None) -> ProjectInfo:
+        if actor is not None and not actor.is_director:
+            raise PermissionDeniedError("Only the Director can start a project.")
+        try:
+            req = ProjectRequest(objective=objective, oversight=oversight or self.settings.engine.default_oversight,
+                                 budget_usd=budget_usd if budget_usd is not None else self.settings.engine.budget_usd,
+                                 budget_tokens=budget_tokens if budget_tokens is not None else self.settings.engine.budget_tokens)
+        except ValidationError as e:
+            raise AgencyError("Cannot start the project: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            p = ProjectRow(agency_id=a.id, objective=req.objective, oversight=req.oversight, status="new",
+                           budget_usd=req.budget_usd, budget_tokens=req.budget_tokens, director_notes=[],
+                           dry_run=int(self.llm.simulated))
+            s.add(p)
+            await s.flush()
+            short = req.objective if len(req.objective) <= 60 else req.objective[:57] + "..."
+            await repos.declare_space(s, a.id, repos.project_addr(p.id), "project", f"P{p.id} {short}"[:100], topic=req.objective)
+            await repos.declare_space(s, a.id, overview(p.id), "overview", "overview", parent=repos.project_addr(p.id), topic=req.objective)
+            dry = f"\n{NOTICE} No model endpoint is configured, so this is a dry run." if self.llm.simulated else ""
+            post(s, a.id, p.id, "hq", SYSTEM, f"Project #{p.id} started ({req.oversight} oversight): {req.objective}{dry}")
+            post(s, a.id, p.id, overview(p.id), PM_HANDLE, f"Objective: {req.objective}\nOversight: {req.oversight}."
+                 + (f" Budget: {format_usd(req.budget_usd)}." if req.budget_usd else "")
+                 + (f" Budget: {req.budget_tokens} tokens." if req.budget_tokens else "") + dry)
+            repos.event(s, p.id, "created", objective=req.objective, oversight=req.oversight)
+            await s.commit()
+            info = self._info(p)
+        self._started_at[info.id] = asyncio.get_running_loop().time()
+        self.engine.outbox_ready.set()
+        self.engine.spawn(info.id)
+        return info
+
+    @staticmethod
+    def _info(p: ProjectRow) -> ProjectInfo:
+        return ProjectInfo(id=p.id, agency_id=p.agency_id, objective=p.objective, oversight=p.oversight, status=p.status,
+                           dry_run=bool(p.dry_run), deliverable_title=p.deliverable_title, error=p.error)
+
+    async def project(self, project_id: int) -> ProjectInfo:
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            if p is None:
+                raise NotFoundError(f"There is no project #{project_id}.")
+            return self._info(p)
+
+    async def projects(self, agency_external_id: str, *, active_only: bool = False) -> list[ProjectInfo]:
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            q = select(ProjectRow).where(ProjectRow.agency_id == a.id).order_by(ProjectRow.id.desc())
+            if active_only:
+                q = q.where(ProjectRow.status.not_in(TERMINAL))
+            return [self._info(p) for p in (await s.execute(q)).scalars()]
+
+    async def deliverable(self, project_id: int) -> str | None:
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            return p.deliverable if p else None
+
+    async def resolve_project(self, agency_external_id: str, project_id: int | None = None, address: str | None = None) -> int:
+        """The project meant by a command: explicit, the one whose space it was typed in, or the latest active."""
+        if project_id:
+            return project_id
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            if address:
+                pid = await self._project_of_address(s, a.id, address)
+                if pid:
+                    return pid
+            p = (await s.execute(select(ProjectRow.id).where(ProjectRow.agency_id == a.id, ProjectRow.status.not_in(TERMINAL)).order_by(ProjectRow.id.desc()).limit(1))).scalar_one_or_none()
+            if p is None:
+                p = (await s.execute(select(ProjectRow.id).where(ProjectRow.agency_id == a.id).order_by(ProjectRow.id.desc()).limit(1))).scalar_one_or_none()
+            if p is None:
+                raise NotFoundError("There is no project yet: start one with `/project new`.")
+            return p
+
+    async def _project_of_address(self, s: Any, agency_id: int, address: str) -> int | None:
+        kind, _, rest = address.partition(":")
+        if kind in ("overview", "project"):
+            return int(rest)
+        if kind in ("stream", "thread"):
+            st = await s.get(StreamRow, int(rest.split(":")[0]))
+            return st.project_id if st else None
+        return None
+
+    # -- status ---------------------------------------------------------------------------------
+    async def status(self, project_id: int) -> StatusReport:
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            if p is None:
+                raise NotFoundError(f"There is no project #{project_id}.")
+            tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == project_id).order_by(TaskRow.key))).scalars())
+            streams = {r.id: r.key for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == project_id))).scalars()}
+            members = {m.id: m.handle for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == p.agency_id))).scalars()}
+            deps = await repos.task_deps(s, project_id)
+            keys = {t.id: t.key for t in tasks}
+            infos = [TaskInfo(key=t.key, title=t.title, stream=streams.get(t.stream_id, "?"), assignee=members.get(t.assignee_id, "?"),
+                              status=t.status, depends_on=[keys[d] for d in deps.get(t.id, [])], revision=t.revision, tier=t.tier,
+                              completions=t.completions) for t in tasks]
+            by_stream: dict[str, dict[str, int]] = {}
+            for t in infos:
+                by_stream.setdefault(t.stream, {}).setdefault(t.status, 0)
+                by_stream[t.stream][t.status] += 1
+            approvals = [(a.id, a.kind, a.subject) for a in (await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == project_id, ApprovalRow.status == "pending"))).scalars()]
+            tokens, cost, calls = await repos.project_usage(s, project_id)
+            end = p.finished_at or datetime.now(timezone.utc)
+            return StatusReport(
+                project=self._info(p), tasks=infos, streams=by_stream,
+                running=[f"{t.key} @{t.assignee}" for t in infos if t.status in ("running", "review")],
+                blockers=[f"{t.key}: {next((x.blocked_reason for x in tasks if x.key == t.key), '')}" for t in infos if t.status == "blocked"]
+                + ([p.error] if p.status == "blocked" and p.error else []),
+                pending_approvals=approvals, tokens=tokens, cost_usd=cost, budget_usd=p.budget_usd, budget_tokens=p.budget_tokens,
+                elapsed_seconds=(end - p.created_at).total_seconds(), calls=calls, dry_run=bool(p.dry_run),
+            )
+
+    @staticmethod
+    def render_status(r: StatusReport) -> str:
+        p = r.project
+        lines = [f"**Project #{p.id}** - {p.status} - {r.done}/{len(r.tasks)} tasks done"]
+        if r.dry_run:
+            lines.append(NOTICE)
+        for stream, states in r.streams.items():
+            lines.append(f"#{stream}: " + ", ".join(f"{n} {st}" for st, n in sorted(states.items())))
+        if r.running:
+            lines.append("Running: " + ", ".join(r.running))
+        if r.blockers:
+            lines.append("Blockers: " + "; ".join(b for b in r.blockers if b))
+        if r.pending_approvals:
+            lines.append("Waiting for the Director: " + ", ".join(f"{k} {s}".strip() for _, k, s in r.pending_approvals))
+        budget = f" of {format_usd(r.budget_usd)}" if r.budget_usd else (f" of {r.budget_tokens} tokens" if r.budget_tokens else "")
+        est = " (estimated)" if r.dry_run else ""
+        lines.append(f"Spend: {format_usd(r.cost_usd)}{est}{budget} - {r.tokens} tokens in {r.calls} calls - {int(r.elapsed_seconds)} s elapsed")
+        return "\n".join(lines)
+
+    def _mark_status(self, project_id: int) -> None:
+        self._status_dirty.add(project_id)
+        self._status_event.set()
+
+    async def _status_loop(self) -> None:
+        """Keep one status message per project, edited in place (debounced)."""
+        while True:
+            await self._status_event.wait()
+            self._status_event.clear()
+            await asyncio.sleep(0.2)
+            dirty, self._status_dirty = self._status_dirty, set()
+            for pid in dirty:
+                try:
+                    await self.post_status(pid)
+                except Exception:
+                    log.exception("status update failed (project=%s)", pid)
+
+    async def post_status(self, project_id: int) -> None:
+        r = await self.status(project_id)
+        if r.project.status in ("new",):
+            return
+        key = f"status:{project_id}"
+        async with self.db.session() as s:
+            await repos.supersede_pending(s, key)
+            post(s, r.project.agency_id, project_id, overview(project_id), SYSTEM, self.render_status(r), kind="status", upsert_key=key)
+            await s.commit()
+        self.engine.outbox_ready.set()
+
+    # -- Director actions -----------------------------------------------------------------------
+    def _need_director(self, actor: Actor) -> None:
+        if not actor.is_director:
+            raise PermissionDeniedError("Only the Director (the server owner or the Director role) can do that.")
+
+    async def pause(self, project_id: int, actor: Actor) -> str:
+        self._need_director(actor)
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            if p is None:
+                raise NotFoundError(f"There is no project #{project_id}.")
+            if p.status in TERMINAL or p.status == "paused":
+                return f"Project #{project_id} is {p.status}."
+            p.paused_from, p.status = p.status, "paused"
+            post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} paused by {actor.name}. Work in flight stops before its next model call.")
+            repos.event(s, p.id, "paused", actor=actor.name)
+            await s.commit()
+        self.engine._changed(project_id)
+        return f"Project #{project_id} paused."
+
+    async def resume(self, project_id: int, actor: Actor) -> str:
+        self._need_director(actor)
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            if p is None:
+                raise NotFoundError(f"There is no project #{project_id}.")
+            if p.status not in ("paused", "blocked"):
+                return f"Project #{project_id} is {p.status}; nothing to resume."
+            if p.status == "blocked" and p.paused_from == "planning":
+                p.plan_round += 1
+            p.status, p.paused_from, p.error = p.paused_from or "running", None, None
+            await s.execute(ApprovalRow.__table__.update().where(ApprovalRow.project_id == p.id, ApprovalRow.kind == "budget", ApprovalRow.status == "pending").values(status="superseded"))
+            post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} resumed by {actor.name}.")
+            repos.event(s, p.id, "resumed", actor=actor.name)
+            await s.commit()
+        self.engine.spawn(project_id)
+        return f"Project #{project_id} resumed."
+
+    async def cancel(self, project_id: int, actor: Actor) -> str:
+        self._need_director(actor)
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            if p is None:
+                raise NotFoundError(f"There is no project #{project_id}.")
+            if p.status in TERMINAL:
+                return f"Project #{project_id} is already {p.status}."
+            await self.engine.cancel_in(s, p, f"cancelled by {actor.name}")
+            await s.commit()
+        self.engine.wake(project_id)
+        self.engine._changed(project_id)
+        return f"Project #{project_id} cancelled."
+
+    async def set_budget(self, project_id: int, usd: float | None, actor: Actor) -> str:
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, project_id)
+            if p is None:
+                raise NotFoundError(f"There is no project #{project_id}.")
+            tokens, cost, calls = await repos.project_usage(s, project_id)
+            if usd is None:
+                b = format_usd(p.budget_usd) if p.budget_usd else (f"{p.budget_tokens} tokens" if p.budget_tokens else "no budget")
+                return f"Project #{project_id}: spent {format_usd(cost)} ({tokens} tokens, {calls} calls); budget {b}."
+            self._need_director(actor)
+            if usd <= cost:
+                raise AgencyError(f"The project has already spent {format_usd(cost)}; set a budget above that.")
+            p.budget_usd = usd
+            p.budget_warned = 0
+            resumed = False
+            if p.status == "paused":
+                pending = (await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == p.id, ApprovalRow.kind == "budget", ApprovalRow.status == "pending"))).scalars().all()
+                for a in pending:
+                    a.status = "approved"
+                    a.decided_by = actor.name
+                if pending:
+                    p.status, p.paused_from, resumed = p.paused_from or "running", None, True
+            post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Budget set to {format_usd(usd)} by {actor.name}." + (" The project continues." if resumed else ""))
+            repos.event(s, p.id, "budget_set", usd=usd)
+            await s.commit()
+        self.engine.spawn(project_id)
+        return f"Budget of project #{project_id} set to {format_usd(usd)}."
+
+    async def decide(self, approval_id: int, approved: bool, actor: Actor, *, reason: str | None = None, choice: int | None = None) -> str:
+        self._need_director(actor)
+        return await self.engine.decide(approval_id, approved, actor=actor.name, reason=reason, choice=choice)
+
+    async def approve(self, project_id: int, actor: Actor, *, choice: int | None = None, approved: bool = True, reason: str | None = None) -> str:
+        """Decide the project's oldest pending approval."""
+        self._need_director(actor)
+        a = await self.engine.pending_approval(project_id)
+        if a is None:
+            raise AgencyError(f"Project #{project_id} is not waiting for an approval.")
+        return await self.engine.decide(a.id, approved, actor=actor.name, reason=reason, choice=choice)
+
+    async def approval_info(self, approval_id: int) -> tuple[int, str, str]:
+        async with self.db.session() as s:
+            a = await s.get(ApprovalRow, approval_id)
+            if a is None:
+                raise NotFoundError(f"There is no approval #{approval_id}.")
+            return a.project_id, a.kind, a.status
+
+    # -- members ---------------------------------------------------------------------------------
+    async def feedback(self, agency_external_id: str, handle: str, rating: int | None, text: str, actor: Actor,
+                       *, source: str = "director", project_id: int | None = None) -> str:
+        if source == "director":
+            self._need_director(actor)
+        if rating is not None and not 1 <= rating <= 5:
+            raise AgencyError("A rating is a whole number from 1 to 5.")
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            m = await repos.member_by_handle(s, a.id, handle)
+            if m is None:
+                raise NotFoundError(f"There is no member @{handle.lstrip('@')}. Try `/specialist list`.")
+            s.add(FeedbackRow(agency_id=a.id, project_id=project_id, member_id=m.id, source=source, rating=rating, text=text, author=actor.name))
+            await s.commit()
+        return f"Feedback for @{m.handle} recorded."
+
+    async def members(self, agency_external_id: str, kinds: tuple[str, ...] = ("specialist", "human")) -> list[MemberInfo]:
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            rows = (await s.execute(select(MemberRow).where(MemberRow.agency_id == a.id, MemberRow.kind.in_(kinds)).order_by(MemberRow.handle))).scalars()
+            return [await self._member_info(s, m) for m in rows]
+
+    async def member(self, agency_external_id: str, handle: str) -> MemberInfo:
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            m = await repos.member_by_handle(s, a.id, handle)
+            if m is None:
+                raise NotFoundError(f"There is no member @{handle.lstrip('@')}. Try `/specialist list`.")
+            return await self._member_info(s, m)
+
+    async def _member_info(self, s: Any, m: MemberRow) -> MemberInfo:
+        sm = await repos.active_system_message(s, m.id)
+        return MemberInfo(handle=m.handle, kind=m.kind, role=m.role, external_user_id=m.external_user_id, definition=m.definition,
+                          system_message=sm.text if sm else None, system_version=sm.version if sm else None,
+                          record=await self.record(s, m.id), created_at=m.created_at)
+
+    async def record(self, s: Any, member_id: int) -> dict[str, Any]:
+        """Performance figures of a member: tasks, acceptance, revisions, escalations, tokens and latency."""
+        done = (await s.execute(select(func.count(TaskRow.id)).where(TaskRow.assignee_id == member_id, TaskRow.status == "done"))).scalar() or 0
+        fb = list((await s.execute(select(FeedbackRow.source, FeedbackRow.rating).where(FeedbackRow.member_id == member_id))).all())
+        reviews = [r for src, r in fb if src == "review"]
+        accepted = sum(1 for r in reviews if r and r >= 4)
+        revisions = sum(1 for src, _ in fb if src == "revision")
+        escalations = sum(1 for src, _ in fb if src == "escalation")
+        tokens, latency, calls = (await s.execute(select(
+            func.coalesce(func.sum(LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens), 0),
+            func.coalesce(func.avg(LLMCallRow.latency_ms), 0.0), func.count(LLMCallRow.id)).where(LLMCallRow.member_id == member_id))).one()
+        ratings = [r for src, r in fb if src in ("director", "reaction") and r]
+        return {
+            "tasks_done": int(done),
+            "reviews": len(reviews),
+            "acceptance_rate": round(accepted / len(reviews), 3) if reviews else None,
+            "revisions_per_task": round(revisions / done, 3) if done else None,
+            "escalations": escalations,
+            "tokens": int(tokens),
+            "tokens_per_task": round(tokens / done, 1) if done else None,
+            "avg_latency_ms": round(float(latency), 1),
+            "calls": int(calls),
+            "director_rating": round(sum(ratings) / len(ratings), 2) if ratings else None,
+        }
+
+    async def add_human(self, agency_external_id: str, address: str, user_id: str, display_name: str, actor: Actor) -> str:
+        self._need_director(actor)
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            kind, _, rest = address.partition(":")
+            if kind not in ("stream", "thread"):
+                raise AgencyError("Use `/stream add-human` inside a work stream's channel.")
+            st = await s.get(StreamRow, int(rest.split(":")[0]))
+            if st is None:
+                raise NotFoundError("That channel is not a work stream any more.")
+            m = await repos.member_by_user(s, a.id, user_id)
+            if m is None:
+                base = "".join(ch for ch in display_name if ch.isalnum() or ch in "-_")[:24] or "Human"
+                if not base[0].isalpha():
+                    base = "H" + base
+                handle = base if len(base) >= 2 else base + "-H"
+                n = 2
+                while await repos.member_by_handle(s, a.id, handle):
+                    handle = f"{base}-{n}"
+                    n += 1
+                m = MemberRow(agency_id=a.id, handle=handle, kind="human", role="human", external_user_id=user_id, display_name=display_name)
+                s.add(m)
+                await s.flush()
+            if (await s.execute(select(StreamMemberRow).where(StreamMemberRow.stream_id == st.id, StreamMemberRow.member_id == m.id))).first() is None:
+                s.add(StreamMemberRow(stream_id=st.id, member_id=m.id))
+            post(s, a.id, st.project_id, repos.stream_addr(st.id), SYSTEM,
+                 f"{display_name} joins #{st.key} as a human specialist (@{m.handle}). The PM may assign them tasks; `/todo` lists them.",
+                 mentions=[user_id])
+            await s.commit()
+            return f"{display_name} is now a human specialist in #{st.key} (handle @{m.handle})."
+
+    async def todo(self, agency_external_id: str, user_id: str) -> str:
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            m = await repos.member_by_user(s, a.id, user_id)
+            if m is None:
+                return "You have no tasks: you are not a specialist in any stream yet."
+            rows = (await s.execute(select(TaskRow).where(TaskRow.assignee_id == m.id, TaskRow.status.in_(("pending", "running"))).order_by(TaskRow.project_id, TaskRow.key))).scalars().all()
+            if not rows:
+                return "You have no open tasks."
+            return "\n".join(f"P{t.project_id} {t.key} '{t.title}' - {t.status}" + (f" - `/submit {t.key} <output>`" if t.status == "running" else " (waiting for inputs)") for t in rows)
+
+    async def human_submit(self, agency_external_id: str, user_id: str, task_key: str, output: str, project_id: int | None) -> str:
+        if not output.strip():
+            raise CommandError(f"Put your output after the task id: `/submit {task_key} <output>`, or attach it.")
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            m = await repos.member_by_user(s, a.id, user_id)
+            if m is None:
+                raise PermissionDeniedError("Only a human specialist of this stream can submit work.")
+            q = select(TaskRow).where(TaskRow.key == task_key, TaskRow.assignee_id == m.id)
+            if project_id:
+                q = q.where(TaskRow.project_id == project_id)
+            t = (await s.execute(q.order_by(TaskRow.id.desc()).limit(1))).scalar_one_or_none()
+            if t is None:
+                raise NotFoundError(f"{task_key} is not assigned to you. `/todo` lists your tasks.")
+            if t.status != "running":
+                raise AgencyError(f"{task_key} is {t.status}; you can submit only a running task.")
+            t.output = output
+            t.status = "review"
+            repos.event(s, t.project_id, "submitted", task_id=t.id, key=t.key, by=m.handle)
+            post(s, a.id, t.project_id, repos.stream_addr(t.stream_id), m.handle, f"/submit {t.key}\n{output}")
+            await s.commit()
+            pid = t.project_id
+        self.engine.spawn(pid)
+        return f"{task_key} submitted for review."
+
+    # -- messages from people ------------------------------------------------------------------------
+    async def handle_message(self, agency_external_id: str, address: str, actor: Actor, text: str) -> CommandResult | None:
+        """A person wrote in a project space. Commands run; other text reaches the addressed member."""
+        text = (text or "").strip()
+        if not text:
+            return None
+        if text.startswith("/"):
+            return await self.run_command(agency_external_id, address, actor, text)
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            pid = await self._project_of_address(s, a.id, address)
+            if pid is None:
+                return None
+            p = await s.get(ProjectRow, pid)
+            kind, _, rest = address.partition(":")
+            target: MemberRow | None = None
+            if kind == "thread":
+                target = await s.get(MemberRow, int(rest.split(":")[1]))
+            elif kind == "stream":
+                st = await s.get(StreamRow, int(rest))
+                target = await s.get(MemberRow, st.collaborator_id) if st and st.collaborator_id else None
+            else:
+                target = await repos.member_by_handle(s, a.id, PM_HANDLE)
+            s.add(MessageRow(agency_id=a.id, project_id=pid, direction="in", address=address, persona=actor.name, content=text[:8000], status="received"))
+            sender = await repos.member_by_user(s, a.id, actor.external_user_id) if actor.external_user_id else None
+            if target is not None and kind == "thread" and target.kind == "specialist":
+                # a person's words in a specialist's thread: guidance for its current task, and feedback
+                t = (await s.execute(select(TaskRow).where(TaskRow.project_id == pid, TaskRow.assignee_id == target.id, TaskRow.status.in_(("running", "pending", "review"))).order_by(TaskRow.key).limit(1))).scalar_one_or_none()
+                if t is not None:
+                    t.context = [*(t.context or []), {"from": actor.name, "text": text[:4000]}]
+                s.add(FeedbackRow(agency_id=a.id, project_id=pid, member_id=target.id, task_id=t.id if t else None,
+                                  source="human" if (sender is not None and sender.kind == "human") or not actor.is_director else "director",
+                                  text=text[:4000], author=actor.name))
+            if actor.is_director and p is not None:
+                p.director_notes = [*p.director_notes, {"about": "guidance", "text": text[:2000], "at": address}]
+            await s.commit()
+            if target is None or p is None or p.status in TERMINAL:
+                return None
+            sysmsg = await repos.active_system_message(s, target.id)
+            identity = sysmsg.text if sysmsg else (f"You are {target.handle}, the Project Manager." if target.kind == "pm" else f"You are {target.handle}, the {target.kind} of this stream.")
+            n_in = (await s.execute(select(func.count(MessageRow.id)).where(MessageRow.project_id == pid, MessageRow.direction == "in"))).scalar()
+            ctx = CallContext(role=target.kind if target.kind in ("pm", "collaborator", "learning") else "specialist", purpose="answer",
+                              agency_id=a.id, project_id=pid, member_id=target.id, call_key=f"p{pid}:in{n_in}:reply",
+                              meta={"purpose": "answer", "text": text, "objective": p.objective})
+            target_handle, agency_id, objective = target.handle, a.id, p.objective
+        try:
+            reply = await self.llm.call(AgentTurn, spec_role.answer_messages(identity, asker=actor.name, question=text, context=objective), ctx)
+        except AgencyError as e:
+            return CommandResult(f"{target_handle} could not answer: {e.user_message}")
+        async with self.db.session() as s:
+            post(s, agency_id, pid, address, target_handle, reply.message or "Noted.")
+            await s.commit()
+        self.engine.outbox_ready.set()
+        return None
+
+    async def run_command(self, agency_external_id: str, address: str, actor: Actor, text: str) -> CommandResult:
+        """Parse, authorize and execute a command a person typed."""
+        cmd = cmdlib.parse(text)
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            member = await repos.member_by_user(s, a.id, actor.external_user_id) if actor.external_user_id else None
+        role = "director" if actor.is_director else ("human" if member is not None and member.kind == "human" else None)
+        if role is None:
+            raise PermissionDeniedError("Only the Director or a human specialist of this agency can use commands here.")
+        try:
+            cmdlib.authorize(cmd, role, is_model=False)
+        except PermissionDeniedError:
+            if role == "director" and cmd.name in ("submit", "todo"):
+                pass
+            else:
+                raise
+        n = cmd.name
+        ag = agency_external_id
+        if n in self.extra_commands:
+            return await self.extra_commands[n](self, ag, address, actor, cmd)
+        if n == "project new":
+            info = await self.new_project(ag, cmd.args["objective"], actor=actor)
+            return CommandResult(f"Project #{info.id} started.", ephemeral=False, data={"project_id": info.id})
+        if n == "todo":
+            return CommandResult(await self.todo(ag, actor.external_user_id or ""))
+        if n == "submit":
+            pid = await self.resolve_project(ag, address=address)
+            return CommandResult(await self.human_submit(ag, actor.external_user_id or "", cmd.args["task"], cmd.args.get("output", ""), pid), ephemeral=False)
+        if n == "feedback":
+            return CommandResult(await self.feedback(ag, cmd.args["handle"], cmd.args["rating"], cmd.args.get("text", ""), actor))
+        if n == "specialist list":
+            ms = await self.members(ag)
+            return CommandResult("\n".join(f"@{m.handle} - {m.role} ({m.kind}) - {m.record.get('tasks_done', 0)} tasks" for m in ms) or "No specialists yet.")
+        if n == "specialist show":
+            m = await self.member(ag, cmd.args["handle"])
+            return CommandResult(self.render_member(m))
+        if n == "stream add-human":
+            raise CommandError("Mention the person: `/stream add-human @member` (use the slash command in Discord).")
+        if n == "evaluate":
+            return CommandResult("The Learning & Performance Manager is not enabled in this build.")
+        pid = await self.resolve_project(ag, address=address)
+        if n == "project status":
+            return CommandResult(self.render_status(await self.status(pid)))
+        if n == "project pause":
+            return CommandResult(await self.pause(pid, actor), ephemeral=False)
+        if n == "project resume":
+            return CommandResult(await self.resume(pid, actor), ephemeral=False)
+        if n == "project cancel":
+            return CommandResult(await self.cancel(pid, actor), ephemeral=False)
+        if n == "approve":
+            return CommandResult(await self.approve(pid, actor, choice=cmd.args.get("choice")), ephemeral=False)
+        if n == "reject":
+            return CommandResult(await self.approve(pid, actor, approved=False, reason=cmd.args["reason"]), ephemeral=False)
+        if n == "budget":
+            return CommandResult(await self.set_budget(pid, cmd.args.get("amount"), actor))
+        raise CommandError(f"`/{n}` is not available here yet.")
+
+    @staticmethod
+    def render_member(m: MemberInfo) -> str:
+        d = m.definition or {}
+        lines = [f"**@{m.handle}** - {d.get('title') or m.role} ({m.kind})"]
+        if d:
+            lines.append(f"Expertise: {', '.join(d.get('expertise', []))}")
+            lines.append("Expectations: " + "; ".join(d.get("expectations", [])))
+        r = m.record
+        if r:
+            lines.append(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in r.items() if v is not None))
+        if m.system_message:
+            lines.append(f"System message v{m.system_version}:\n{m.system_message[:1500]}")
+        return "\n".join(lines)
