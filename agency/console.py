@@ -162,6 +162,8 @@ async def run_console_project(service, chat: ConsoleChat, objective: str, *, ove
                     con.print(f"[red]{escape(getattr(e, 'user_message', str(e)))}[/red]")
                 continue
         await asyncio.sleep(0.05)
+    if (await service.project(pid)).status in TERMINAL:  # let the after-delivery hooks (memory, learning) finish
+        await asyncio.wait_for(service.engine.wait_project(pid), 600)
     await service.dispatcher.drain()
     final = await service.project(pid)
     path: Path | None = None

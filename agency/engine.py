@@ -102,6 +102,8 @@ class Engine:
         self.recall = recall  # memory: (agency_id, handle, role, query, project_id) -> (text, retrieved)
         self.tools_for = tools_for
         self.on_project_done: list[ProjectHook] = []
+        # more approval kinds (e.g. "revision" from the Learning Manager): kind -> async (s, project, approval, approved, reason, choice) -> str
+        self.extra_decisions: dict[str, Callable[..., Awaitable[str]]] = {}
         self.on_change: list[Callable[[int], None]] = []  # live status, metrics
         self.outbox_ready = asyncio.Event()
         self.stats: dict[int, FlightStats] = {}
@@ -157,8 +159,9 @@ class Engine:
     async def _wait_wake(self, pid: int, timeout: float | None = None) -> None:
         ev = self._wake.setdefault(pid, asyncio.Event())
         try:
-            await asyncio.wait_for(ev.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await ev.wait()
+        except TimeoutError:
             pass
         ev.clear()
 
@@ -1067,7 +1070,7 @@ class Engine:
                 return f"Approval #{approval_id} was already {a.status}."
             p = await s.get(ProjectRow, a.project_id)
             assert p is not None
-            if p.status in TERMINAL:
+            if p.status in TERMINAL and a.kind not in self.extra_decisions:  # e.g. a revision proposed after delivery
                 raise AgencyError(f"Project #{p.id} is {p.status}.")
             if not approved and not (reason or "").strip():
                 raise AgencyError("A reject needs a reason: say what to change, e.g. `/reject use more recent sources`.")
@@ -1150,6 +1153,8 @@ class Engine:
                 return "Budget raised."
             await self.cancel_in(s, p, f"stopped at the budget: {reason}")
             return "Project stopped."
+        if a.kind in self.extra_decisions:
+            return await self.extra_decisions[a.kind](s, p, a, approved, reason, choice)
         raise AgencyError(f"Unknown approval kind {a.kind}.")
 
     async def _reopen(self, s: AsyncSession, p: ProjectRow, t: TaskRow, notes: str) -> None:

@@ -28,22 +28,34 @@ class OutboxDispatcher:
         self.observers: list[Callable[[OutboundMessage, float], None]] = []  # (message, seconds to send)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self) -> None:
+        """Stop after the delivery in progress is recorded (never between a send and its mark)."""
         if self._task is not None:
+            self._stopping = True
+            try:
+                async with asyncio.timeout(10):
+                    await self._lock.acquire()
+            except TimeoutError:
+                log.warning("outbox: a delivery is still in progress at shutdown; it is retried with the same nonce after restart")
+            else:
+                self._lock.release()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+            self._stopping = False
 
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.ready.wait(), self.poll_seconds)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.poll_seconds):
+                    await self.ready.wait()
+            except TimeoutError:
                 pass
             self.ready.clear()
             try:
@@ -72,6 +84,8 @@ class OutboxDispatcher:
                 stuck: set[str] = set()
                 progressed = False
                 for row in rows:
+                    if self._stopping:
+                        return sent
                     if row.address in stuck:
                         continue  # keep per-space order: a failed message holds back the ones after it
                     ok = await self._deliver(row)

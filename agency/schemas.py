@@ -202,3 +202,51 @@ class ProjectRequest(_Model):
         if len(v.split()) < 2:
             raise ValueError("describe the objective in a sentence (at least a few words)")
         return v
+
+
+# -- learning ---------------------------------------------------------------------------
+class ExpectationScore(_Model):
+    """How well a specialist met one of the expectations in its definition."""
+
+    expectation: str = Field(min_length=1, max_length=300)
+    score: int = Field(ge=1, le=5, description="1 = not met, 3 = partly, 5 = fully")
+    evidence: str = Field("", max_length=1000, description="the feedback, reviews or outputs that show it")
+
+
+class Evaluation(_Model):
+    """The Learning & Performance Manager's evaluation of one specialist."""
+
+    thinking: str = Field("", max_length=20000)
+    scores: list[ExpectationScore] = Field(default_factory=list, max_length=20)
+    strengths: list[str] = Field(default_factory=list, max_length=10)
+    weaknesses: list[str] = Field(default_factory=list, max_length=10)
+    lessons: list[str] = Field(default_factory=list, max_length=5,
+                               description="short, actionable lessons the specialist should remember next time")
+    propose_revision: bool = False
+    revised_system_message: str = Field("", max_length=8000, description="the complete new system message, when proposing one")
+    reason: str = Field("", max_length=2000, description="why the revision helps, citing the evidence")
+
+    @field_validator("lessons")
+    @classmethod
+    def _lessons(cls, v: list[str]) -> list[str]:
+        out = []
+        for lesson in v:
+            lesson = " ".join(lesson.split())
+            if len(lesson) > 300:
+                raise ValueError("each lesson must be short: at most 300 characters")
+            if lesson and lesson not in out:
+                out.append(lesson)
+        return out
+
+    @model_validator(mode="after")
+    def _revision_complete(self) -> "Evaluation":
+        if self.propose_revision:
+            if len(self.revised_system_message.strip()) < 20:
+                raise ValueError("propose_revision needs the complete new system message in revised_system_message")
+            if not self.reason.strip():
+                raise ValueError("propose_revision needs a reason")
+        return self
+
+    @property
+    def mean_score(self) -> float | None:
+        return round(sum(s.score for s in self.scores) / len(self.scores), 2) if self.scores else None

@@ -660,3 +660,169 @@ class AgencyService:
         if m.system_message:
             lines.append(f"System message v{m.system_version}:\n{m.system_message[:1500]}")
         return "\n".join(lines)
+
+    # -- chat adapters: spaces and the Director role by external id (added for the Discord bot) ----------
+    async def address_for_external(self, agency_external_id: str, external_id: str) -> str | None:
+        """The core's address of a chat space (channel, thread, category) by its external id; None if unknown."""
+        async with self.db.session() as s:
+            a = (await s.execute(select(AgencyRow).where(AgencyRow.external_id == agency_external_id))).scalar_one_or_none()
+            if a is None:
+                return None
+            return (await s.execute(select(SpaceRow.address).where(
+                SpaceRow.agency_id == a.id, SpaceRow.external_id == str(external_id)).limit(1))).scalar_one_or_none()
+
+    async def space_external_id(self, agency_external_id: str, address: str) -> str | None:
+        """The external id recorded for a space, or None when it was never materialised."""
+        async with self.db.session() as s:
+            a = (await s.execute(select(AgencyRow).where(AgencyRow.external_id == agency_external_id))).scalar_one_or_none()
+            if a is None:
+                return None
+            return (await s.execute(select(SpaceRow.external_id).where(
+                SpaceRow.agency_id == a.id, SpaceRow.address == address))).scalar_one_or_none()
+
+    async def record_space(self, agency_external_id: str, address: str, external_id: str, *, kind: str | None = None,
+                           name: str | None = None) -> None:
+        """Record the external id of a space the adapter created itself (e.g. ``hq`` at set-up)."""
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            k = kind or address.split(":", 1)[0]
+            row = await repos.declare_space(s, a.id, address, k, name or address.replace(":", "-"))
+            row.external_id = str(external_id)
+            await s.commit()
+
+    async def set_director_role(self, agency_external_id: str, role_id: str | None) -> None:
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            a.director_role_id = role_id
+            await s.commit()
+
+    async def director_roles(self) -> dict[str, str]:
+        """Agency external id -> the recorded Director role id, for every agency that has one."""
+        async with self.db.session() as s:
+            rows = (await s.execute(select(AgencyRow.external_id, AgencyRow.director_role_id).where(AgencyRow.director_role_id.is_not(None)))).all()
+            return {ext: rid for ext, rid in rows}
+
+    async def member_address(self, agency_external_id: str, handle: str, project_id: int) -> str | None:
+        """Where a virtual member listens in a project: the PM in ``overview``, a Collaborator in its
+        stream, a specialist in its thread. None for unknown handles and for humans."""
+        async with self.db.session() as s:
+            a = (await s.execute(select(AgencyRow).where(AgencyRow.external_id == agency_external_id))).scalar_one_or_none()
+            if a is None:
+                return None
+            m = await repos.member_by_handle(s, a.id, handle)
+            if m is None or m.kind == "human":
+                return None
+            if m.kind == "pm":
+                return overview(project_id)
+            if m.kind == "collaborator":
+                sid = (await s.execute(select(StreamRow.id).where(StreamRow.project_id == project_id, StreamRow.collaborator_id == m.id).limit(1))).scalar_one_or_none()
+                return repos.stream_addr(sid) if sid else None
+            sid = (await s.execute(select(StreamRow.id).join(StreamMemberRow, StreamMemberRow.stream_id == StreamRow.id).where(
+                StreamRow.project_id == project_id, StreamMemberRow.member_id == m.id).order_by(StreamRow.id).limit(1))).scalar_one_or_none()
+            if sid is None:
+                return None
+            addr = repos.thread_addr(sid, m.id)
+            known = (await s.execute(select(SpaceRow.id).where(SpaceRow.agency_id == a.id, SpaceRow.address == addr))).scalar_one_or_none()
+            return addr if known else None
+
+    # -- memory and learning (plugged in by agency.wiring) -----------------------------------------
+    learning: Any = None  # agency.learning.LearningManager, or None when learning is off
+
+    def _need_learning(self) -> Any:
+        if self.learning is None:
+            raise AgencyError("The Learning & Performance Manager is off in this agency (learning.enabled = false).")
+        return self.learning
+
+    async def _agency_id(self, agency_external_id: str) -> int:
+        async with self.db.session() as s:
+            return (await self._agency(s, agency_external_id)).id
+
+    async def record_reaction(self, agency_external_id: str, address: str, message_external_id: str, emoji: str, actor: Actor) -> str | None:
+        """The Director reacted to a member's message: 👍 ✅ ⭐ ❤️ rate it 5, 👎 ❌ rate it 1 (feedback source ``reaction``).
+
+        Other emoji, other people's reactions, and reactions to system messages are ignored (``None``).
+        """
+        from agency.learning import reaction_rating
+
+        rating = reaction_rating(emoji)
+        if rating is None or not actor.is_director:
+            return None
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            msg = (await s.execute(select(MessageRow).where(MessageRow.agency_id == a.id, MessageRow.direction == "out",
+                                                            MessageRow.external_id == str(message_external_id)).limit(1))).scalar_one_or_none()
+            if msg is None:
+                return None
+            m = await repos.member_by_handle(s, a.id, msg.persona)
+            if m is None or m.kind == "human":
+                return None
+            marker = f"reaction {emoji} on message {message_external_id}"
+            dup = (await s.execute(select(FeedbackRow.id).where(FeedbackRow.member_id == m.id, FeedbackRow.source == "reaction",
+                                                                FeedbackRow.author == actor.name, FeedbackRow.text.startswith(marker)).limit(1))).first()
+            if dup is not None:
+                return None
+            s.add(FeedbackRow(agency_id=a.id, project_id=msg.project_id, member_id=m.id, source="reaction", rating=rating,
+                              text=f"{marker} in {address}: {msg.content[:300]}", author=actor.name))
+            await s.commit()
+            handle = m.handle
+        log.info("reaction feedback for %s: %s", handle, rating)
+        return f"Reaction recorded as {rating}/5 for @{handle}."
+
+    async def add_resource(self, agency_external_id: str, text: str, source: str, actor: Actor) -> str:
+        """Add knowledge to the agency's memory (``/resource add`` text, or an attached file's text)."""
+        from agency.recall import store_knowledge
+
+        self._need_director(actor)
+        if self.memory is None:
+            raise AgencyError("Memory is off in this agency (memory.enabled = false).")
+        if not (text or "").strip():
+            raise CommandError("Give the text to remember: `/resource add <text>`, or attach a text file.")
+        agency_id = await self._agency_id(agency_external_id)
+        ids = await store_knowledge(self.memory, agency_id, text, (source or "director")[:200])
+        return f"Added {len(ids)} passage(s) from {source or 'your message'} to the agency's knowledge."
+
+    async def search_memory(self, agency_external_id: str, query: str, *, limit: int = 8) -> str:
+        """``/memory search``: what the agency knows (knowledge, earlier work, lessons) about ``query``."""
+        from agency.tools.retrieve import format_hits
+
+        if self.memory is None:
+            raise AgencyError("Memory is off in this agency (memory.enabled = false).")
+        if not (query or "").strip():
+            raise CommandError("Say what to look for: `/memory search <query>`.")
+        agency_id = await self._agency_id(agency_external_id)
+        hits = await self.memory.search(agency_id, query, limit=limit)
+        return format_hits(hits) if hits else f"The agency's memory has nothing on {query!r} yet."
+
+    async def evaluate_specialist(self, agency_external_id: str, handle: str, actor: Actor, *, address: str | None = None) -> str:
+        """``/evaluate @Handle``: over the project of ``address`` if typed in one, else over all its work."""
+        self._need_director(actor)
+        lm = self._need_learning()
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            pid = await self._project_of_address(s, a.id, address) if address else None
+        o = await lm.evaluate(a.id, handle, pid, trigger="director", address=address or "hq",
+                              request=f"The Director ({actor.name}) asked for this evaluation.")
+        self.engine.outbox_ready.set()
+        text = f"Evaluated @{o.handle}: mean {o.evaluation.mean_score}/5, {o.lessons_stored} lesson(s) stored."
+        if o.proposed_version:
+            text += f" System message v{o.proposed_version} " + ("applied." if o.applied else "proposed; approve or reject it.")
+        return text
+
+    async def specialist_history(self, agency_external_id: str, handle: str) -> str:
+        lm = self._need_learning()
+        h, versions = await lm.history(await self._agency_id(agency_external_id), handle)
+        return lm.render_history(h, versions)
+
+    async def rollback_specialist(self, agency_external_id: str, handle: str, version: int, actor: Actor) -> str:
+        self._need_director(actor)
+        lm = self._need_learning()
+        return await lm.rollback(await self._agency_id(agency_external_id), handle, version, actor.name)
+
+    async def ask_learning_manager(self, agency_external_id: str, text: str, actor: Actor, *, address: str = "hq") -> str:
+        """A person wrote to @Learning-Manager: it answers, and may evaluate, revise or store a lesson."""
+        self._need_director(actor)
+        lm = self._need_learning()
+        async with self.db.session() as s:
+            a = await self._agency(s, agency_external_id)
+            pid = await self._project_of_address(s, a.id, address)
+        return await lm.converse(a.id, text, actor.name, project_id=pid, address=address)

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,17 +26,21 @@ SECRET_KEYS = ("discord_token", "openai_api_key")
 Oversight = Literal["autonomous", "plan", "milestones", "every_task"]
 
 
-class Tier(BaseModel):
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tier(_Section):
     model: str
     base_url: str | None = None  # None: the [llm] base_url
 
 
-class Price(BaseModel):
+class Price(_Section):
     input: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     output: float = Field(0.0, ge=0, description="USD per million completion tokens")
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(_Section):
     base_url: str | None = None
     mode: Literal["auto", "json_schema", "json_object", "tool"] = "auto"
     timeout_seconds: float = Field(60.0, gt=0)
@@ -57,7 +61,7 @@ class LLMSettings(BaseModel):
     circuit_cooldown_seconds: float = Field(30.0, gt=0)
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     weights: dict[str, float] = Field(
         default_factory=lambda: {"reasoning": 0.35, "domain": 0.25, "language": 0.15, "quality": 0.25}
     )
@@ -66,7 +70,7 @@ class RoutingSettings(BaseModel):
     escalate_after_revisions: int = Field(2, ge=1)
 
 
-class EngineSettings(BaseModel):
+class EngineSettings(_Section):
     project_concurrency: int = Field(4, ge=1, le=256, description="tasks in flight per project")
     max_revisions: int = Field(2, ge=0, le=10)
     plan_rounds: int = Field(3, ge=1, le=10)
@@ -80,13 +84,13 @@ class EngineSettings(BaseModel):
     budget_warn_ratio: float = Field(0.8, gt=0, lt=1)
 
 
-class DiscordSettings(BaseModel):
+class DiscordSettings(_Section):
     dev_guild_id: int | None = None
     director_role: str = "Director"
     hq_channel: str = "hq"
 
 
-class MemorySettings(BaseModel):
+class MemorySettings(_Section):
     enabled: bool = True
     server_url: str | None = None
     embedding: Literal["local", "openai"] = "local"
@@ -95,17 +99,17 @@ class MemorySettings(BaseModel):
     top_k: int = Field(4, ge=0, le=50)
 
 
-class LearningSettings(BaseModel):
+class LearningSettings(_Section):
     enabled: bool = True
     auto_apply: bool = False
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(_Section):
     port: int = Field(0, ge=0, le=65535, description="0 = off")
     host: str = "127.0.0.1"
 
 
-class ToolSettings(BaseModel):
+class ToolSettings(_Section):
     enabled: list[str] = Field(default_factory=lambda: ["retrieve", "python"])
     web_search: bool = False
     python_cpu_seconds: int = Field(5, ge=1)

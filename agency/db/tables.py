@@ -271,3 +271,19 @@ class EventRow(Base):
     kind: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class EvaluationRow(Base):
+    """The Learning & Performance Manager's evaluation of a specialist (kept forever)."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), index=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    trigger: Mapped[str] = mapped_column(String(20))  # project | director | learning
+    evaluation: Mapped[dict[str, Any]] = mapped_column(JSON)  # schemas.Evaluation
+    mean_score: Mapped[float | None] = mapped_column(Float)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # performance figures at the time
+    proposed_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -174,7 +174,7 @@ class LLMClient:
 
         def _wait(retry_state: Any) -> float:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
-            base = wait_exponential_jitter(initial=0.5, max=cfg.retry_max_wait_seconds)(retry_state)
+            base = wait_exponential_jitter(multiplier=0.5, max=cfg.retry_max_wait_seconds)(retry_state)
             if isinstance(exc, TransientModelError) and exc.retry_after:
                 return min(max(exc.retry_after, 0.0), cfg.retry_max_wait_seconds)
             return base
@@ -190,8 +190,9 @@ class LLMClient:
                 with attempt:
                     async with self._sem:
                         self.calls_made += 1
-                        reply = await asyncio.wait_for(provider.generate(request), timeout=cfg.timeout_seconds * 1.5)
-        except asyncio.TimeoutError:
+                        async with asyncio.timeout(cfg.timeout_seconds * 1.5):
+                            reply = await provider.generate(request)
+        except TimeoutError:
             await self._record_error(ctx, request, "timeout", started)
             raise LLMError(f"The model did not answer within {cfg.timeout_seconds:.0f} s.") from None
         except TransientModelError as e:

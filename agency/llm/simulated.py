@@ -160,6 +160,46 @@ class SimulatedModel:
         )
         return {"thinking": NOTICE, "message": body, "commands": [f"/submit {task.get('key')}"]}
 
+    # -- learning & performance manager ------------------------------------------------------
+    def _Evaluation(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Scores from the feedback counts; lessons from corrections and revision requests; a revision
+        that appends the lessons the system message does not have yet."""
+        feedback: list[dict[str, Any]] = meta.get("feedback") or []
+        tasks: list[dict[str, Any]] = meta.get("tasks") or []
+        revisions = sum(1 for f in feedback if f.get("source") == "revision")
+        escalations = sum(1 for f in feedback if f.get("source") == "escalation")
+        ratings = [f["rating"] for f in feedback if f.get("source") in ("director", "reaction") and f.get("rating")]
+        corrections = [f for f in feedback if f.get("source") in ("human", "director") and f.get("text")]
+        score = max(1, min(5, 5 - min(2, revisions) - min(1, escalations) - (1 if ratings and min(ratings) <= 2 else 0)))
+        evidence = f"{len(tasks)} task(s), {revisions} revision request(s), {escalations} escalation(s)"
+        evidence += f", Director ratings {ratings}." if ratings else "."
+        lessons: list[str] = []
+        for f in corrections[-2:]:
+            lessons.append(f"Apply what {f.get('author') or 'the Director'} asked: {' '.join(str(f['text']).split())[:160]}")
+        if revisions:
+            lessons.append("Check every success criterion one by one before you submit.")
+        if escalations:
+            lessons.append("Say early and precisely what blocks you and what you need to continue.")
+        if not lessons:
+            lessons.append("Say which earlier outputs you built on and how each success criterion is met.")
+        known = set(meta.get("known_lessons") or [])
+        lessons = [x for x in dict.fromkeys(lessons) if x not in known] or lessons[:1]
+        current = str(meta.get("system_message") or "")
+        missing = [x for x in lessons if x not in current]
+        propose = bool(current) and (bool(missing) or bool(meta.get("require_revision")))
+        header = "" if "Lessons learned:" in current else "\n\nLessons learned:"
+        revised = current.rstrip() + header + "".join(f"\n- {x}" for x in (missing or lessons[:1])) + "\n" if propose else ""
+        return {
+            "thinking": NOTICE,
+            "scores": [{"expectation": str(e)[:300], "score": score, "evidence": evidence} for e in (meta.get("expectations") or ["does the assigned work"])[:10]],
+            "strengths": [f"{NOTICE} finished {sum(1 for t in tasks if t.get('status') == 'done')} of {len(tasks)} task(s)"],
+            "weaknesses": [f"{revisions} submission(s) sent back for revision"] if revisions else [],
+            "lessons": lessons[:5],
+            "propose_revision": propose,
+            "revised_system_message": revised,
+            "reason": f"{NOTICE} Adds {len(missing or lessons[:1])} lesson(s) from this evaluation to the system message." if propose else "",
+        }
+
     def _generic(self, request: ModelRequest) -> dict[str, Any]:
         """Fill any other schema with minimal valid values from its JSON schema."""
         return _fill(request.json_schema, request.json_schema.get("$defs", {}))

@@ -1,0 +1,470 @@
+"""The chat port over Discord: categories, channels, threads and webhook personas.
+
+The outbox dispatcher calls :meth:`DiscordChat.ensure_space` (parents first)
+and then :meth:`DiscordChat.send`. Spaces are found by the Discord id the
+database recorded for them; one deleted by hand is created again. Each
+member speaks through one webhook per channel (created once, reused after a
+restart) with its own name and avatar; without the Manage Webhooks permission
+it speaks through embeds, and the Director is told once what is missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import discord
+
+from agency.errors import AgencyError
+from agency.ports import OutboundMessage, SpaceSpec
+from agency.settings import Settings
+from bot.permissions import DiscordPermissionError, missing_in
+from bot.text import channel_name, persona_name, split_message, truncate
+
+if TYPE_CHECKING:
+    from bot.client import AgencyBot
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_NAME = "A-TEAMs"
+THREAD_ARCHIVE_MINUTES = 10080  # a week: specialists' threads stay open between turns
+_COLOURS = (0x5865F2, 0x57F287, 0xFEE75C, 0xEB459E, 0xED4245, 0x3BA55C, 0xFAA61A, 0x9B59B6)
+
+
+class SpaceStore(Protocol):
+    """What the adapter needs from the core (AgencyService implements it)."""
+
+    async def space_external_id(self, agency_external_id: str, address: str) -> str | None: ...
+
+    async def approval_info(self, approval_id: int) -> tuple[int, str, str]: ...
+
+    async def address_for_external(self, agency_external_id: str, external_id: str) -> str | None: ...
+
+
+class ChatUnavailableError(AgencyError):
+    """Discord is not connected (yet, or any more); the outbox retries later."""
+
+
+class Pacer:
+    """One channel's send queue: sends go one at a time, at most ``rate`` per ``per`` seconds.
+
+    ``async with pacer:`` holds the queue (FIFO: asyncio locks are fair);
+    ``await pacer.turn()`` before each request waits for a free slot.
+    """
+
+    def __init__(self, rate: int, per: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.rate, self.per = rate, per
+        self.clock, self.sleep = clock, sleep
+        self._lock = asyncio.Lock()
+        self._stamps: deque[float] = deque()
+
+    async def __aenter__(self) -> "Pacer":
+        await self._lock.acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    async def turn(self) -> None:
+        now = self.clock()
+        while self._stamps and now - self._stamps[0] >= self.per:
+            self._stamps.popleft()
+        if len(self._stamps) >= self.rate:
+            await self.sleep(self.per - (now - self._stamps[0]))
+            now = self.clock()
+            while self._stamps and now - self._stamps[0] >= self.per:
+                self._stamps.popleft()
+        self._stamps.append(now)
+
+
+def default_avatar(persona: str) -> str:
+    """A stable avatar per persona from Discord's own default avatars."""
+    n = int(hashlib.sha256(persona.encode()).hexdigest(), 16) % 6
+    return f"https://cdn.discordapp.com/embed/avatars/{n}.png"
+
+
+def persona_colour(persona: str) -> int:
+    return _COLOURS[int(hashlib.sha256(persona.encode()).hexdigest(), 16) % len(_COLOURS)]
+
+
+class DiscordChat:
+    """ChatPort over Discord. Attach it to the bot and the service before the first delivery."""
+
+    def __init__(self, settings: Settings, *, pace: tuple[int, float] = (5, 5.0), webhook_name: str = WEBHOOK_NAME,
+                 avatar_for: Callable[[str], str | None] = default_avatar, online_timeout: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.settings = settings
+        self.pace = pace
+        self.webhook_name = webhook_name
+        self.avatar_for = avatar_for
+        self.online_timeout = online_timeout
+        self._clock, self._sleep = clock, sleep
+        self.bot: AgencyBot | None = None
+        self.store: SpaceStore | None = None
+        self.online = asyncio.Event()  # set once the gateway has delivered the guilds
+        self.closing = False
+        self._ids: dict[tuple[str, str], int] = {}  # (agency, address) -> Discord id
+        self._addresses: dict[int, str] = {}  # Discord id -> address
+        self._hooks: dict[int, discord.Webhook] = {}  # channel id -> our webhook
+        self._pacers: dict[int, Pacer] = {}
+        self._create_locks: dict[int, asyncio.Lock] = {}
+        self._warned: set[tuple[int, str]] = set()
+
+    def attach(self, bot: AgencyBot, store: SpaceStore) -> None:
+        self.bot = bot
+        self.store = store
+
+    # -- lookups ----------------------------------------------------------------------------------
+    async def _ready(self) -> AgencyBot:
+        if self.bot is None or self.store is None:
+            raise ChatUnavailableError("The Discord adapter is not attached to a bot yet.")
+        if not self.online.is_set():
+            if self.closing:
+                raise ChatUnavailableError("Discord is disconnected; the message stays in the outbox.")
+            try:
+                await asyncio.wait_for(self.online.wait(), self.online_timeout)
+            except asyncio.TimeoutError:
+                raise ChatUnavailableError("Discord is not connected yet; the message stays in the outbox.") from None
+        return self.bot
+
+    async def _guild(self, agency_external_id: str) -> discord.Guild:
+        bot = await self._ready()
+        try:
+            guild = bot.get_guild(int(agency_external_id))
+        except ValueError:
+            guild = None
+        if guild is None:
+            raise AgencyError(f"The bot is not in the server {agency_external_id} (any more).")
+        return guild
+
+    def pacer(self, channel_id: int) -> Pacer:
+        p = self._pacers.get(channel_id)
+        if p is None:
+            p = self._pacers[channel_id] = Pacer(*self.pace, clock=self._clock, sleep=self._sleep)
+        return p
+
+    def _remember(self, agency: str, address: str, discord_id: int) -> None:
+        old = self._ids.get((agency, address))
+        if old is not None and old != discord_id:
+            self._addresses.pop(old, None)
+        self._ids[(agency, address)] = discord_id
+        self._addresses[discord_id] = address
+
+    def forget(self, discord_id: int) -> None:
+        """A channel or thread was deleted: drop it (it is created again on the next message)."""
+        address = self._addresses.pop(discord_id, None)
+        if address is not None:
+            for key, value in list(self._ids.items()):
+                if value == discord_id:
+                    del self._ids[key]
+        self._hooks.pop(discord_id, None)
+
+    async def address_of(self, guild_id: int, channel: discord.abc.GuildChannel | discord.Thread) -> str | None:
+        """The core's address of a channel or thread (a thread nobody declared counts as its channel)."""
+        if self.store is None:
+            return None
+        for cid in (channel.id, getattr(channel, "parent_id", None)):
+            if cid is None:
+                continue
+            address = self._addresses.get(cid)
+            if address is None:
+                address = await self.store.address_for_external(str(guild_id), str(cid))
+                if address is not None:
+                    self._remember(str(guild_id), address, cid)
+            if address is not None:
+                return address
+        return None
+
+    def channel_id_of(self, agency_external_id: str, address: str) -> int | None:
+        return self._ids.get((agency_external_id, address))
+
+    # -- spaces ---------------------------------------------------------------------------------
+    async def ensure_space(self, space: SpaceSpec) -> str:
+        guild = await self._guild(space.agency_external_id)
+        assert self.store is not None
+        lock = self._create_locks.setdefault(guild.id, asyncio.Lock())
+        async with lock:
+            known = self._ids.get((space.agency_external_id, space.address))
+            if known is None:
+                stored = await self.store.space_external_id(space.agency_external_id, space.address)
+                known = int(stored) if stored and stored.isdigit() else None
+            obj = await self._existing(guild, known, space.kind) if known else None
+            if obj is None:
+                if known:
+                    log.warning("space %s (%s) was deleted in Discord; creating it again", space.address, known)
+                obj = await self._create(guild, space)
+            self._remember(space.agency_external_id, space.address, obj.id)
+            return str(obj.id)
+
+    async def _existing(self, guild: discord.Guild, discord_id: int, kind: str) -> Any:
+        obj: Any = guild.get_channel_or_thread(discord_id)
+        if obj is None and kind == "thread":
+            try:  # archived threads are not in the cache
+                obj = await guild.fetch_channel(discord_id)
+            except (discord.NotFound, discord.Forbidden):
+                return None
+        if obj is None:
+            return None
+        want = {"project": discord.CategoryChannel, "thread": discord.Thread}.get(kind, discord.TextChannel)
+        if not isinstance(obj, want):
+            return None
+        if isinstance(obj, discord.Thread) and obj.archived:
+            try:
+                await obj.edit(archived=False)
+            except discord.HTTPException as e:
+                log.warning("could not reopen archived thread %s: %s", obj.id, e)
+        return obj
+
+    async def _parent(self, guild: discord.Guild, space: SpaceSpec) -> Any:
+        if not space.parent:
+            return None
+        pid = self._ids.get((space.agency_external_id, space.parent))
+        if pid is None and self.store is not None:
+            stored = await self.store.space_external_id(space.agency_external_id, space.parent)
+            pid = int(stored) if stored and stored.isdigit() else None
+        parent = guild.get_channel(pid) if pid else None
+        if parent is None:
+            raise AgencyError(f"The parent of {space.address} ({space.parent}) does not exist yet.")
+        return parent
+
+    def _check(self, where: Any, *perms: str) -> None:
+        missing = missing_in(where, *perms)
+        if missing:
+            raise DiscordPermissionError(missing, f"#{where.name}" if hasattr(where, "name") and not isinstance(where, discord.Guild) else "")
+
+    async def _create(self, guild: discord.Guild, space: SpaceSpec) -> Any:
+        try:
+            return await self._create_unchecked(guild, space)
+        except DiscordPermissionError as e:
+            await self.warn_once(guild, ",".join(e.permissions), e.user_message)
+            raise
+        except discord.Forbidden as e:
+            err = DiscordPermissionError("manage_channels" if space.kind != "thread" else "create_public_threads")
+            await self.warn_once(guild, ",".join(err.permissions), err.user_message)
+            raise err from e
+
+    async def _create_unchecked(self, guild: discord.Guild, space: SpaceSpec) -> Any:
+        reason = f"A-TEAMs: {space.address}"
+        topic = (space.topic or "")[:1024]
+        if space.kind == "hq":
+            name = channel_name(space.name or self.settings.discord.hq_channel)
+            found = discord.utils.find(lambda c: c.name == name and c.category is None, guild.text_channels)
+            if found is not None:
+                return found
+            if not guild.me.guild_permissions.manage_channels and not guild.me.guild_permissions.administrator:
+                raise DiscordPermissionError("manage_channels")
+            return await guild.create_text_channel(name, topic=topic or None, reason=reason)
+        if space.kind == "project":
+            name = (space.name or space.address)[:100]
+            found = discord.utils.find(lambda c: c.name == name, guild.categories)
+            if found is not None:
+                return found
+            if not guild.me.guild_permissions.manage_channels and not guild.me.guild_permissions.administrator:
+                raise DiscordPermissionError("manage_channels")
+            return await guild.create_category(name, reason=reason)
+        parent = await self._parent(guild, space)
+        if space.kind == "thread":
+            if not isinstance(parent, discord.TextChannel):
+                raise AgencyError(f"The parent of {space.address} is not a text channel.")
+            name = (space.name or space.address)[:100]
+            found = discord.utils.find(lambda t: t.name == name, parent.threads)
+            if found is not None:
+                return found
+            self._check(parent, "create_public_threads", "send_messages_in_threads")
+            return await parent.create_thread(name=name, type=discord.ChannelType.public_thread,
+                                              auto_archive_duration=THREAD_ARCHIVE_MINUTES, reason=reason)
+        # overview, stream: a text channel in the project's category
+        name = channel_name(space.name or space.address)
+        if isinstance(parent, discord.CategoryChannel):
+            found = discord.utils.find(lambda c: c.name == name, parent.text_channels)
+            if found is not None:
+                return found
+            self._check(parent, "manage_channels")
+            return await parent.create_text_channel(name, topic=topic or None, reason=reason)
+        self._check(guild.text_channels[0] if guild.text_channels else None, "manage_channels")
+        return await guild.create_text_channel(name, topic=topic or None, reason=reason)
+
+    # -- the Director is told once -----------------------------------------------------------------
+    async def warn_once(self, guild: discord.Guild, key: str, text: str) -> None:
+        """Tell the Director (in #hq, else the system channel) about a problem, once per server and kind."""
+        if (guild.id, key) in self._warned:
+            return
+        self._warned.add((guild.id, key))
+        log.warning("guild %s: %s", guild.id, text)
+        hq_id = self._ids.get((str(guild.id), "hq"))
+        channel = guild.get_channel(hq_id) if hq_id else None
+        channel = channel or guild.system_channel
+        if not isinstance(channel, discord.TextChannel) or missing_in(channel, "send_messages"):
+            return
+        mention, allowed = self.mentions(guild, ["director"])
+        try:
+            await channel.send(f"{mention} {text}".strip(), allowed_mentions=allowed)
+        except discord.HTTPException as e:
+            log.warning("could not warn the Director in guild %s: %s", guild.id, e)
+
+    def mentions(self, guild: discord.Guild, ids: list[str]) -> tuple[str, discord.AllowedMentions]:
+        """Mention text and the matching allowed mentions; ``"director"`` is the Director role (or the owner)."""
+        parts: list[str] = []
+        users: list[discord.abc.Snowflake] = []
+        roles: list[discord.abc.Snowflake] = []
+        for x in ids:
+            if x == "director":
+                role = self.bot.director_role(guild) if self.bot is not None else None
+                if role is not None:
+                    parts.append(role.mention)
+                    roles.append(role)
+                elif guild.owner_id:
+                    parts.append(f"<@{guild.owner_id}>")
+                    users.append(discord.Object(guild.owner_id))
+            elif str(x).isdigit():
+                parts.append(f"<@{x}>")
+                users.append(discord.Object(int(x)))
+        return " ".join(dict.fromkeys(parts)), discord.AllowedMentions(everyone=False, users=users or False, roles=roles or False,
+                                                                       replied_user=False)
+
+    # -- webhooks --------------------------------------------------------------------------------
+    async def _webhook(self, channel: discord.TextChannel) -> discord.Webhook | None:
+        hook = self._hooks.get(channel.id)
+        if hook is not None:
+            return hook
+        if missing_in(channel, "manage_webhooks"):
+            err = DiscordPermissionError("manage_webhooks", f"#{channel.name}")
+            await self.warn_once(channel.guild, "manage_webhooks",
+                                 err.user_message + " Until then the members speak through embeds posted by me.")
+            return None
+        me = channel.guild.me
+        try:
+            hooks = await channel.webhooks()
+            hook = discord.utils.find(lambda h: h.name == self.webhook_name and h.token is not None
+                                      and h.user is not None and h.user.id == me.id, hooks)
+            if hook is None:
+                hook = await channel.create_webhook(name=self.webhook_name, reason="A-TEAMs: members' voices")
+        except discord.Forbidden:
+            err = DiscordPermissionError("manage_webhooks", f"#{channel.name}")
+            await self.warn_once(channel.guild, "manage_webhooks",
+                                 err.user_message + " Until then the members speak through embeds posted by me.")
+            return None
+        self._hooks[channel.id] = hook
+        return hook
+
+    # -- delivery ---------------------------------------------------------------------------------
+    async def _target(self, message: OutboundMessage, space_external_id: str) -> tuple[discord.Guild, discord.TextChannel, discord.Thread | None]:
+        guild = await self._guild(message.agency_external_id)
+        obj = guild.get_channel_or_thread(int(space_external_id))
+        if obj is None:
+            obj = await self._existing(guild, int(space_external_id), "thread")
+        if isinstance(obj, discord.Thread):
+            parent = obj.parent
+            if not isinstance(parent, discord.TextChannel):
+                raise AgencyError(f"The thread {obj.id} has no text channel parent.")
+            return guild, parent, obj
+        if isinstance(obj, discord.TextChannel):
+            return guild, obj, None
+        self.forget(int(space_external_id))
+        raise AgencyError(f"Space {message.space.address} ({space_external_id}) is not a text channel or thread.")
+
+    async def _view(self, message: OutboundMessage) -> discord.ui.View | None:
+        if message.kind != "approval" or not message.approval_id or self.store is None:
+            return None
+        from bot.views import approval_view
+
+        _, kind, status = await self.store.approval_info(message.approval_id)
+        if status != "pending":
+            return None
+        return approval_view(message.approval_id, kind, message.approval_options)
+
+    def _file(self, message: OutboundMessage) -> discord.File | None:
+        if message.attachment_text is None:
+            return None
+        return discord.File(io.BytesIO(message.attachment_text.encode("utf-8")), filename=message.attachment_name or "attachment.md")
+
+    async def send(self, message: OutboundMessage, space_external_id: str) -> str:
+        guild, channel, thread = await self._target(message, space_external_id)
+        mention, allowed = self.mentions(guild, message.mention_user_ids)
+        view = await self._view(message)
+        ids: list[int] = []
+        async with self.pacer(channel.id) as pacer:
+            hook = await self._webhook(channel)
+            # through a webhook the mention leads the text; in an embed it goes in the plain content
+            content = f"{mention} {message.content}".strip() if mention and hook is not None else message.content
+            chunks = split_message(content) or [message.attachment_name or "\u200b"]
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                await pacer.turn()
+                sent = await self._send_one(channel, thread, hook, message, chunk, i, allowed,
+                                            view if last else None, self._file(message) if last else None)
+                ids.append(sent.id)
+        return str(ids[0])
+
+    async def _send_one(self, channel: discord.TextChannel, thread: discord.Thread | None, hook: discord.Webhook | None,
+                        message: OutboundMessage, chunk: str, index: int, allowed: discord.AllowedMentions,
+                        view: discord.ui.View | None, file: discord.File | None) -> discord.Message:
+        extra: dict[str, Any] = {}
+        if view is not None:
+            extra["view"] = view
+        if file is not None:
+            extra["file"] = file
+        if hook is not None:
+            try:
+                msg = await hook.send(chunk, username=persona_name(message.persona), avatar_url=self.avatar_for(message.persona),
+                                      thread=thread if thread is not None else discord.utils.MISSING, wait=True,
+                                      allowed_mentions=allowed, **extra)
+                return msg
+            except discord.NotFound as e:
+                if e.code != 10015:  # not "Unknown Webhook": the channel or thread is gone
+                    raise
+                log.warning("webhook of #%s was deleted; creating a new one", channel.name)
+                self._hooks.pop(channel.id, None)
+                hook = await self._webhook(channel)
+                if file is not None:
+                    file.reset()
+                if hook is not None:
+                    return await hook.send(chunk, username=persona_name(message.persona), avatar_url=self.avatar_for(message.persona),
+                                           thread=thread if thread is not None else discord.utils.MISSING, wait=True,
+                                           allowed_mentions=allowed, **extra)
+        # no webhook: an embed whose author is the persona; a nonce makes a resend after a crash a no-op
+        dest: discord.abc.Messageable = thread or channel
+        missing = missing_in(dest, "send_messages_in_threads" if thread is not None else "send_messages", "embed_links")
+        if missing:
+            raise DiscordPermissionError(missing, f"#{channel.name}")
+        mention_line = None
+        body = chunk
+        embed = discord.Embed(description=body, colour=persona_colour(message.persona))
+        embed.set_author(name=persona_name(message.persona), icon_url=self.avatar_for(message.persona))
+        if index == 0 and message.mention_user_ids:
+            mention_line, _ = self.mentions(channel.guild, message.mention_user_ids)
+        nonce = f"ateams-{message.id}" + (f"-{index}" if index else "")
+        return await dest.send(content=mention_line or None, embed=embed, allowed_mentions=allowed,
+                               nonce=nonce[:25], enforce_nonce=True, **extra)
+
+    async def edit(self, message: OutboundMessage, space_external_id: str, external_id: str) -> str:
+        guild, channel, thread = await self._target(message, space_external_id)
+        text = truncate(message.content)
+        async with self.pacer(channel.id) as pacer:
+            hook = await self._webhook(channel)
+            await pacer.turn()
+            if hook is not None:
+                try:
+                    await hook.edit_message(int(external_id), content=text,
+                                            thread=thread if thread is not None else discord.utils.MISSING)
+                    return external_id
+                except discord.NotFound:
+                    pass  # deleted, or posted as an embed before the webhook existed
+            dest = thread or channel
+            try:
+                old = await dest.fetch_message(int(external_id))
+                if old.author.id == guild.me.id:
+                    embed = discord.Embed(description=text, colour=persona_colour(message.persona))
+                    embed.set_author(name=persona_name(message.persona), icon_url=self.avatar_for(message.persona))
+                    await old.edit(embed=embed)
+                    return external_id
+            except discord.NotFound:
+                pass
+        log.info("message %s to edit is gone; posting it again", external_id)
+        return await self.send(message, space_external_id)

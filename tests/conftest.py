@@ -1,0 +1,100 @@
+"""Shared fixtures. No test may reach the network: only loopback connections are allowed."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agency.console import ConsoleChat
+from agency.llm.client import ModelSet
+from agency.llm.scripted import ScriptedModel
+from agency.models import TERMINAL, Actor
+from agency.service import AgencyService
+from agency.settings import Settings, load_settings
+
+DIRECTOR = Actor(name="Director", external_user_id="director-1", is_director=True)
+AGENCY = "test-agency"
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and self.family in (socket.AF_INET, socket.AF_INET6):
+        if not (host.startswith("127.") or host in ("::1", "localhost")):
+            raise OSError(f"network access to {host} is forbidden in tests")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    for name in ("OPENAI_API_KEY", "DISCORD_TOKEN", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("ATEAMS_CONFIG", str(tmp_path / "absent.toml"))
+    return load_settings(data_dir=tmp_path / "data", memory={"enabled": False})
+
+
+def model_set(model: Any) -> ModelSet:
+    return ModelSet({"fast": (model, "gpt-4o-mini"), "strong": (model, "gpt-4o")}, "fast", simulated=True)
+
+
+@pytest.fixture
+async def make_service(settings: Settings) -> AsyncIterator[Callable[..., Any]]:
+    made: list[AgencyService] = []
+
+    async def factory(model: Any = None, *, chat: ConsoleChat | None = None, start: bool = True, cfg: Settings | None = None) -> AgencyService:
+        svc = await AgencyService.create(cfg or settings, chat or ConsoleChat(quiet=True), models=model_set(model or ScriptedModel()))
+        made.append(svc)
+        await svc.ensure_agency(AGENCY, "Test agency")
+        if start:
+            await svc.start()
+        return svc
+
+    yield factory
+    for svc in made:
+        await svc.close()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        v = predicate()
+        if asyncio.iscoroutine(v):
+            v = await v
+        if v:
+            return v
+        if loop.time() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def drive(service: AgencyService, pid: int, *, approve: bool = True, timeout: float = 30.0,
+                decide: Callable[[int, str, str], Any] | None = None) -> str:
+    """Run a project to a terminal (or blocked) state, answering each approval.
+
+    ``decide(approval_id, kind, subject)`` may return (approved, reason, choice); default approves.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        info = await service.project(pid)
+        if info.status in TERMINAL or info.status == "blocked":
+            return info.status
+        a = await service.engine.pending_approval(pid)
+        if a is not None and approve:
+            verdict = decide(a.id, a.kind, a.subject) if decide else (True, None, None)
+            ok, reason, choice = verdict
+            await service.decide(a.id, ok, DIRECTOR, reason=reason, choice=choice)
+        if loop.time() > end:
+            raise AssertionError(f"project {pid} stuck in {info.status}")
+        await asyncio.sleep(0.02)
