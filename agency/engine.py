@@ -38,7 +38,7 @@ from agency.db.tables import (
     TaskDepRow,
     TaskRow,
 )
-from agency.errors import AgencyError, BudgetExceededError, LLMError, NotFoundError, PermissionDeniedError
+from agency.errors import AgencyError, BudgetExceededError, LLMError, LLMOutputError, NotFoundError, PermissionDeniedError
 from agency.llm.client import CallContext, LLMClient
 from agency.llm.router import choose_tier, next_tier
 from agency.llm.simulated import NOTICE
@@ -93,14 +93,14 @@ class Engine:
         catalogue: Catalogue,
         *,
         recall: Recall | None = None,
-        tools_for: Callable[[str], str] | None = None,
+        tools: Any = None,
     ) -> None:
         self.db = db
         self.llm = llm
         self.settings = settings
         self.catalogue = catalogue
         self.recall = recall  # memory: (agency_id, handle, role, query, project_id) -> (text, retrieved)
-        self.tools_for = tools_for
+        self.tools = tools  # agency.tools.registry.ToolRegistry, or None: no tools
         self.on_project_done: list[ProjectHook] = []
         # more approval kinds (e.g. "revision" from the Learning Manager): kind -> async (s, project, approval, approved, reason, choice) -> str
         self.extra_decisions: dict[str, Callable[..., Awaitable[str]]] = {}
@@ -706,7 +706,7 @@ class Engine:
                 sysmsg.text if sysmsg else f"You are {m.handle}, a {m.role}.",
                 objective=p.objective, task=task_view, dep_outputs=dep_outputs, context=t.context or [],
                 review_notes=t.review_notes, memories=memories, custom=custom,
-                tools=self.tools_for(m.role) if self.tools_for else "",
+                tools=self.tools.describe_for("specialist") if self.tools is not None else "",
             )
             ctx = CallContext(role="specialist", purpose="work", agency_id=p.agency_id, project_id=pid, task_id=tid,
                               member_id=m.id, stream_id=t.stream_id, tier=t.tier, retrieved=retrieved,
@@ -714,7 +714,11 @@ class Engine:
                               meta={"objective": p.objective, "purpose": "work", "task": task_view, "dep_outputs": dep_outputs,
                                     "review_notes": t.review_notes, "handle": m.handle, "role": m.role, "step": t.step})
             handle, role_name, stream_id, member_id, step = m.handle, m.role, t.stream_id, m.id, t.step
-        turn = await self.llm.call(AgentTurn, msgs, ctx)
+        try:
+            turn = await self.llm.call(AgentTurn, msgs, ctx)
+        except LLMOutputError as e:
+            await self._invalid_output(pid, tid, step, e)
+            return
         custom_names = {c[0] for c in custom}
         # answer /ask questions first (each a model call of the addressee), then commit everything at once
         answers: list[dict[str, Any]] = []
@@ -732,6 +736,8 @@ class Engine:
             feedback.append(f"only {cfg.ask_hops} questions per turn are routed")
         for c in asks:
             answers.append(await self._route_question(pid, tid, handle, c.args["handle"], c.args["question"], step))
+        if turn.tools:
+            answers += await self._run_tools(pid, tid, handle, turn)
         async with self.db.session() as s:
             t = await s.get(TaskRow, tid)
             p = await s.get(ProjectRow, pid)
@@ -752,6 +758,11 @@ class Engine:
                     out = c.args.get("output") or turn.message
                     if not out.strip():
                         feedback.append("/submit refused: the output is empty; put your work in `message`")
+                        continue
+                    repeated = await self._repeats(s, t, out)
+                    if repeated:
+                        feedback.append(f"/submit refused: {repeated}")
+                        repos.event(s, pid, "repetition", task_id=tid, detail=repeated)
                         continue
                     submitted = True
                     t.output = out
@@ -775,7 +786,7 @@ class Engine:
             if submitted:
                 t.status = "review"
                 repos.event(s, pid, "submitted", task_id=tid, key=t.key, revision=t.revision)
-            elif not blocked and not asks:
+            elif not blocked and not asks and not turn.tools:
                 t.context = ctx_items + [{"from": SYSTEM, "text": f"No submission yet: when your work meets the criteria, add `/submit {t.key}`."}]
             await self._commit(s, pid)
         if blocked:
@@ -803,12 +814,24 @@ class Engine:
                               project_id=pid, task_id=tid, member_id=target.id, call_key=f"t{tid}:a{t.attempt}:r{t.revision}:s{step}:ask:{target.handle}",
                               meta={"purpose": "answer", "question": question, "objective": p.objective})
             target_handle, target_id = target.handle, target.id
-        reply = await self.llm.call(AgentTurn, spec_role.answer_messages(identity, asker=asker, question=question, context=p.objective), ctx)
+        msgs = spec_role.answer_messages(identity, asker=asker, question=question, context=p.objective)
+        reply = await self.llm.call(AgentTurn, msgs, ctx)
+        if not reply.message.strip():  # ignored: remind once, then escalate
+            ctx.call_key = (ctx.call_key or "") + ":remind"
+            reminder = [*msgs, {"role": "user", "content": f"Reminder: @{asker} is waiting for your answer. Answer in `message` now."}]
+            reply = await self.llm.call(AgentTurn, reminder, ctx)
         async with self.db.session() as s:
-            post(s, p.agency_id, pid, where, target_handle, f"@{asker} {reply.message or '(no answer)'}")
+            if not reply.message.strip():
+                s.add(FeedbackRow(agency_id=p.agency_id, project_id=pid, member_id=target_id, task_id=tid, source="escalation",
+                                  text=f"ignored a question from @{asker}"))
+                post(s, p.agency_id, pid, overview(pid), SYSTEM, f"@{target_handle} did not answer @{asker}'s question after a reminder; "
+                     f"@{PM_HANDLE} is told and @{asker} continues without it.", kind="notice")
+                repos.event(s, pid, "question_ignored", task_id=tid, asker=asker, to=target_handle)
+                await self._commit(s, pid)
+                return {"from": SYSTEM, "text": f"@{target_handle} did not answer; continue with what you have or ask someone else."}
+            post(s, p.agency_id, pid, where, target_handle, f"@{asker} {reply.message}")
             await self._commit(s, pid)
-        _ = target_id
-        return {"from": target_handle, "text": reply.message or "(no answer)"}
+        return {"from": target_handle, "text": reply.message}
 
     async def _member_address(self, s: AsyncSession, pid: int, m: MemberRow, fallback_stream: int) -> str:
         if m.kind == "pm":
@@ -931,7 +954,7 @@ class Engine:
             ctx = CallContext(role="pm", purpose="escalation", agency_id=p.agency_id, project_id=pid, task_id=tid, member_id=pm.id,
                               call_key=f"t{tid}:a{attempt}:escalation", meta={"purpose": "escalation", "reason": reason, "task": task_view})
         decision: EscalationDecision | None = None
-        if attempt < 2:  # the PM gets two tries per task before the Director is asked
+        if attempt < self.settings.engine.handoff_chain - 1:  # bounded handoff chain, then the Director
             decision = await self.llm.call(EscalationDecision, pm_role.escalation_messages(task_view, reason, members), ctx)
         async with self.db.session() as s:
             t = await s.get(TaskRow, tid)
@@ -1048,6 +1071,64 @@ class Engine:
             f"_Project #{p.id} - objective: {p.objective}_  \n"
             f"_{calls} model calls, {tokens} tokens, {format_usd(cost)}{' estimated at the configured prices' if self.llm.simulated else ''}._\n"
         )
+
+    async def _invalid_output(self, pid: int, tid: int, step: int, e: LLMOutputError) -> None:
+        """A work turn that did not validate even after the repair round: next tier, feedback, one step used."""
+        async with self.db.session() as s:
+            t = await s.get(TaskRow, tid)
+            if t is None or t.status != "running" or t.step != step:
+                return
+            t.step = step + 1
+            t.context = [*(t.context or []), {"from": SYSTEM, "text": f"Your last reply could not be used: {e.errors[:500]}. Reply with valid JSON."}]
+            up = next_tier(t.tier, list(self.settings.llm.tiers))
+            if up and up != t.tier:
+                repos.event(s, pid, "tier_escalated", task_id=tid, frm=t.tier, to=up, reason="invalid output")
+                t.tier = up
+            repos.event(s, pid, "invalid_output", task_id=tid, errors=e.errors[:500])
+            await self._commit(s, pid)
+
+    async def _run_tools(self, pid: int, tid: int, handle: str, turn: AgentTurn) -> list[dict[str, Any]]:
+        """Validate and run the turn's tool intents; their results reach the agent next turn."""
+        if self.tools is None:
+            return [{"from": SYSTEM, "text": "No tools are available in this agency; do the work directly."}]
+        from agency.tools.base import ToolCall, ToolContext
+
+        async with self.db.session() as s:
+            p = await s.get(ProjectRow, pid)
+            t = await s.get(TaskRow, tid)
+            assert p is not None and t is not None
+            tctx = ToolContext(agency_id=p.agency_id, member=handle, role="specialist", project_id=pid, task_key=t.key)
+        calls = []
+        out: list[dict[str, Any]] = []
+        for req in turn.tools:
+            try:
+                calls.append(ToolCall(tool=req.tool, args=req.args))
+            except Exception as ex:  # malformed intent: feedback, never a crash
+                out.append({"from": SYSTEM, "text": f"tool call {req.tool!r} refused: {ex}"})
+        results = await self.tools.execute_many(calls, tctx)
+        async with self.db.session() as s:
+            for call, r in zip(calls, results):
+                repos.event(s, pid, "tool_call", task_id=tid, tool=call.tool, ok=r.ok, error=r.error, duration_ms=r.duration_ms)
+            await s.commit()
+        out += [{"from": f"tool {r.tool}", "text": r.for_agent()} for r in results]
+        return out
+
+    @staticmethod
+    def _norm(text: str) -> str:
+        return " ".join((text or "").lower().split())
+
+    async def _repeats(self, s: AsyncSession, t: TaskRow, out: str) -> str | None:
+        """A member repeating an earlier output: an unchanged resubmission, or another task's output."""
+        n = self._norm(out)
+        if len(n) < 20:
+            return None
+        if t.revision > 0 and t.output and self._norm(t.output) == n:
+            return "it repeats your previous submission unchanged; address the review notes"
+        others = (await s.execute(select(TaskRow.key, TaskRow.output).where(TaskRow.project_id == t.project_id, TaskRow.id != t.id, TaskRow.output.is_not(None)))).all()
+        for key, other in others:
+            if self._norm(other) == n:
+                return f"it repeats the output of {key}; do this task's own work"
+        return None
 
     # -- memory ---------------------------------------------------------------------------------
     async def _recall(self, agency_id: int, handle: str, role: str | None, query: str, project_id: int | None) -> tuple[str, list[Any]]:

@@ -146,12 +146,20 @@ class WorkPlan(_Model):
 
 
 # -- turns ------------------------------------------------------------------------------
+class ToolRequest(_Model):
+    """A tool call intent: validated and run by the core, never by the model."""
+
+    tool: str = Field(min_length=1, max_length=64)
+    args: dict = Field(default_factory=dict)
+
+
 class AgentTurn(_Model):
-    """One turn of any agent: private reasoning, a chat message, command intents."""
+    """One turn of any agent: private reasoning, a chat message, command intents, tool intents."""
 
     thinking: str = Field("", max_length=20000)
     message: str = Field("", max_length=60000)
     commands: list[str] = Field(default_factory=list, max_length=10)
+    tools: list[ToolRequest] = Field(default_factory=list, max_length=5, description="tools to run; results arrive next turn")
 
 
 class Review(_Model):

@@ -45,6 +45,21 @@ from specialists.loader import Catalogue, load_catalogue
 log = logging.getLogger(__name__)
 
 
+def build_tools(settings: Settings, memory: Any, db: Database) -> Any:
+    """The tool registry from the ``[tools]`` settings; every call is recorded as an event."""
+    from agency.tools.python_sandbox import SandboxLimits
+    from agency.tools.registry import ToolPolicy, build_registry
+
+    t = settings.tools
+    policy = ToolPolicy(
+        enabled=frozenset(t.enabled),
+        python=SandboxLimits(cpu_seconds=t.python_cpu_seconds, memory_mb=t.python_memory_mb,
+                             wall_seconds=t.python_wall_seconds, output_chars=t.python_output_chars),
+        web_search_enabled=t.web_search,
+    )
+    return build_registry(policy, memory=memory)
+
+
 def build_model_set(settings: Settings, *, dry_run: bool | None = None) -> ModelSet:
     """Real models when an endpoint or key is configured; otherwise the simulator (a dry run)."""
     dry = settings.dry_run if dry_run is None else dry_run
@@ -90,7 +105,7 @@ class AgencyService:
         self.llm = llm
         self.catalogue = catalogue or load_catalogue()
         self.memory = memory
-        self.engine = Engine(db, llm, settings, self.catalogue)
+        self.engine = Engine(db, llm, settings, self.catalogue, tools=build_tools(settings, memory, db))
         self.chat = chat
         self.dispatcher = OutboxDispatcher(db, chat, self.engine.outbox_ready) if chat is not None else None
         self._status_dirty: set[int] = set()
@@ -112,13 +127,20 @@ class AgencyService:
         return cls(settings, db, llm, chat, memory=memory)
 
     async def start(self) -> list[int]:
+        from agency.watchdog import Watchdog
+
         if self.dispatcher is not None:
             self.dispatcher.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
-        return await self.engine.start()
+        resumed = await self.engine.start()
+        self.watchdog = Watchdog(self.engine, interval_seconds=max(5.0, min(60.0, self.settings.engine.task_deadline_seconds / 10)))
+        self.watchdog.start()
+        return resumed
 
     async def stop(self) -> None:
         """Graceful: stop scheduling, let committed state stand, flush the outbox once."""
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.stop()
         await self.engine.stop()
         if self._status_task:
             self._status_task.cancel()

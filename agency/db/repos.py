@@ -59,6 +59,8 @@ def post(
     mentions: list[str] | None = None,
     upsert_key: str | None = None,
 ) -> MessageRow:
+    from agency.logs import redact
+
     row = MessageRow(
         agency_id=agency_id,
         project_id=project_id,
@@ -66,10 +68,10 @@ def post(
         address=address,
         persona=persona,
         kind=kind,
-        content=content,
+        content=redact(content),
         approval_id=approval_id,
         attachment_name=attachment[0] if attachment else None,
-        attachment_text=attachment[1] if attachment else None,
+        attachment_text=redact(attachment[1]) if attachment else None,
         mentions=mentions or [],
         upsert_key=upsert_key,
         status="pending",

@@ -99,6 +99,42 @@ def validate_reply(schema: type[T], text: str) -> T:
         raise ValueError(errs) from None
 
 
+class CircuitBreaker:
+    """Pauses calls to a model that keeps failing: work waits instead of burning retries.
+
+    After ``failures`` consecutive transient failures the circuit opens for
+    ``cooldown`` seconds; every caller waits. The first call after the cooldown
+    is a probe: a success closes the circuit, a failure opens it again.
+    """
+
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self._count: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self.trips = 0
+
+    def is_open(self, key: str) -> bool:
+        return self._open_until.get(key, 0.0) > time.monotonic()
+
+    async def wait(self, key: str) -> None:
+        while (delay := self._open_until.get(key, 0.0) - time.monotonic()) > 0:
+            await asyncio.sleep(min(delay, 1.0))
+
+    def success(self, key: str) -> None:
+        self._count[key] = 0
+        self._open_until.pop(key, None)
+
+    def failure(self, key: str) -> None:
+        n = self._count.get(key, 0) + 1
+        self._count[key] = n
+        if n >= self.failures:
+            self._open_until[key] = time.monotonic() + self.cooldown
+            self._count[key] = self.failures - 1  # half-open: one more failure re-opens
+            self.trips += 1
+            log.warning("model %s failed %d times in a row; pausing calls to it for %.0f s", key, n, self.cooldown)
+
+
 BudgetCheck = Callable[[CallContext], Awaitable[None]]
 CallObserver = Callable[[LLMCallRow], None]
 
@@ -112,6 +148,7 @@ class LLMClient:
         self.budget_check: BudgetCheck | None = None  # set by the engine
         self.observers: list[CallObserver] = []  # metrics, live status
         self.calls_made = 0  # physical calls made by this process (not answered from the record)
+        self.breaker = CircuitBreaker(settings.llm.circuit_failures, settings.llm.circuit_cooldown_seconds)
 
     @property
     def simulated(self) -> bool:
@@ -188,10 +225,17 @@ class LLMClient:
                 reraise=True,
             ):
                 with attempt:
+                    key = request.model or provider.name
+                    await self.breaker.wait(key)
                     async with self._sem:
                         self.calls_made += 1
-                        async with asyncio.timeout(cfg.timeout_seconds * 1.5):
-                            reply = await provider.generate(request)
+                        try:
+                            async with asyncio.timeout(cfg.timeout_seconds * 1.5):
+                                reply = await provider.generate(request)
+                        except (TransientModelError, TimeoutError):
+                            self.breaker.failure(key)
+                            raise
+                        self.breaker.success(key)
         except TimeoutError:
             await self._record_error(ctx, request, "timeout", started)
             raise LLMError(f"The model did not answer within {cfg.timeout_seconds:.0f} s.") from None

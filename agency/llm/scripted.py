@@ -89,6 +89,8 @@ class ScriptedModel(FunctionModel):
                 script = self.scripts[key]
                 if callable(script):
                     result = script(request)
+                    if inspect.isawaitable(result):
+                        result = await result
                     if result is not None:
                         return result
                     continue

@@ -89,3 +89,27 @@ async def test_transient_errors_are_retried_then_reported(settings: Settings) ->
     assert [r.outcome for r in await _rows(db2)][-1] == "error"
     await db.dispose()
     await db2.dispose()
+
+
+async def test_circuit_breaker_pauses_a_failing_model_instead_of_burning_retries(settings: Settings) -> None:
+    settings.llm.max_retries = 6
+    settings.llm.retry_max_wait_seconds = 0.001
+    settings.llm.circuit_failures = 3
+    settings.llm.circuit_cooldown_seconds = 0.3
+    calls: list[float] = []
+    import time
+
+    def flaky(r):  # noqa: ANN001, ANN202
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            return TransientModelError("500", status=500)
+        return GOOD
+
+    client, model, db = await _client(settings, flaky)
+    out = await client.call(Review, [{"role": "user", "content": "x"}], CallContext(role="collaborator", purpose="review"))
+    assert out.decision == "accept"
+    assert client.breaker.trips == 1
+    assert len(calls) == 4  # three failures trip the breaker; the fourth call waits for the cooldown, then succeeds
+    assert calls[3] - calls[2] >= 0.25  # it waited for the circuit, not for a retry backoff (0.001 s)
+    assert not client.breaker.is_open("gpt-4o-mini")
+    await db.dispose()

@@ -162,7 +162,9 @@ async def test_revision_then_accept(make_service) -> None:
 
 async def test_endless_revisions_escalate_to_the_director(make_service) -> None:
     def review(req):  # noqa: ANN001, ANN202
-        return {"decision": "revise", "notes": "still not right"} if req.meta["task"]["key"] == "T1" else None
+        if req.meta["task"]["key"] == "T1":
+            return {"decision": "revise", "notes": f"still not right (round {req.meta['revision']})"}
+        return None
 
     model = ScriptedModel({"purpose:review": review, "EscalationDecision": [{"action": "escalate", "message": "reviewer and writer disagree"}]})
     service = await make_service(model)
@@ -254,3 +256,27 @@ async def test_empty_objective_is_refused_clearly(make_service) -> None:
     for bad in ("", "   ", "hi"):
         with pytest.raises(AgencyError, match="objective"):
             await service.new_project(AGENCY, bad, actor=DIRECTOR)
+
+
+async def test_unchanged_resubmission_is_refused_as_repetition(make_service) -> None:
+    """A specialist that resubmits the same text after a revise request is told so; it never counts as new work."""
+    reviews = iter([{"decision": "revise", "notes": "add prices"}])
+
+    def review(req):  # noqa: ANN001, ANN202
+        return next(reviews, None) if req.meta["task"]["key"] == "T1" else None
+
+    def work(req):  # noqa: ANN001, ANN202
+        if req.meta["task"]["key"] != "T1":
+            return None
+        if req.meta["step"] == 0:  # the same text on every first turn of an attempt
+            return {"message": "Compost bins: a long enough identical answer.", "commands": ["/submit T1"]}
+        return {"message": "Compost bins, now with prices: 20-40 USD.", "commands": ["/submit T1"]}
+
+    model = ScriptedModel({"purpose:review": review, "purpose:work": work})
+    service = await make_service(model)
+    info = await service.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
+    assert await drive(service, info.id) == "done"
+    t1_work = [r for r in model.calls("AgentTurn", "work") if r.meta["task"]["key"] == "T1"]
+    assert "repeats your previous submission unchanged" in t1_work[-1].messages[-1]["content"]
+    t1 = [t for t in await _rows(service, TaskRow, TaskRow.project_id == info.id) if t.key == "T1"][0]
+    assert "prices" in t1.output

@@ -5,7 +5,7 @@ import discord
 from sqlalchemy import func, select
 
 from agency.db.tables import MessageRow, SpaceRow
-from conftest import eventually, text_of
+from conftest import text_of
 
 
 async def test_whole_project_through_the_bot(harness):
@@ -17,11 +17,11 @@ async def test_whole_project_through_the_bot(harness):
 
     # the PM's approaches arrive in #overview with one button per approach and a Reject
     await h.wait_status(1, "awaiting_approach")
+    approaches, aid = await h.approval_message(1, "approach")
     category = h.category_of(1)
     assert category is not None
     overview = h.channel("overview", category)
     assert overview is not None
-    approaches, aid = await h.approval_message(1, "approach")
     assert approaches.channel.id == overview.id
     ids = [c.custom_id for row in approaches.components for c in row.children]
     assert ids[-1] == f"ateams:reject:{aid}"
@@ -120,7 +120,6 @@ async def test_only_a_director_can_press_the_buttons(harness):
     assert out[0]["ephemeral"] and "Only the Director" in text_of(out)
     assert await h.status(1) == "awaiting_approach"
     # a member given the Director role may
-    await eventually(lambda: True)
     role = h.bot.director_role(h.guild)
     await h.alice.add_roles(role)
     out = await h.click(msg, f"ateams:approve:{aid}:1", member=h.alice)
