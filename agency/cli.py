@@ -88,7 +88,7 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet)
     finally:
         await service.close()
     if path is not None:
-        con.print(f"[bold green]Project #{pid} {status}.[/bold green] Deliverable: {path}")
+        con.print(f"[bold green]Project #{pid} {status}.[/bold green] Deliverable: {path}", soft_wrap=True)
         return 0
     con.print(f"[bold red]Project #{pid} ended {status}[/bold red] without a deliverable.")
     return 1

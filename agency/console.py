@@ -121,6 +121,7 @@ async def run_console_project(service, chat: ConsoleChat, objective: str, *, ove
     info = await service.new_project(CONSOLE_AGENCY, objective, oversight=oversight, budget_usd=budget_usd, actor=DIRECTOR)
     pid = info.id
     reader = None if auto_approve else _StdinReader()
+    deferred: list[str] = []
     if reader is not None:
         con.print("[dim]You are the Director. Type /approve, /approve N, /reject <reason>, /project status, /project cancel, "
                   "or a message to the PM at any time.[/dim]")
@@ -142,25 +143,37 @@ async def run_console_project(service, chat: ConsoleChat, objective: str, *, ove
             except Exception as e:  # already decided, project ended
                 con.print(f"[dim]{escape(getattr(e, 'user_message', str(e)))}[/dim]")
             continue
-        if reader is not None:
-            try:
-                line = reader.lines.get_nowait()
-            except queue.Empty:
-                line = ""
+        if reader is not None or deferred:
+            line: str | None = ""
+            pending = await service.engine.pending_approval(pid)
+            if deferred and pending is not None:
+                line = deferred.pop(0)  # answers typed ahead are used for the gates in order
+            elif reader is not None:
+                try:
+                    line = reader.lines.get_nowait()
+                except queue.Empty:
+                    line = ""
             if line is None:
                 reader = None
-                auto_approve = True
-                con.print("[dim]Input closed; approving automatically from now on.[/dim]")
+                if not deferred:
+                    auto_approve = True
+                    con.print("[dim]Input closed; approving automatically from now on.[/dim]")
                 continue
             if line.strip():
+                text = line.strip()
+                if text.split()[0].lower() in ("/approve", "/reject") and pending is None:
+                    deferred.append(text)
+                    continue
                 try:
-                    text = line.strip()
                     result = await service.handle_message(CONSOLE_AGENCY, f"overview:{pid}", DIRECTOR, text)
                     if result is not None:
                         con.print(f"[yellow]{escape(result.text)}[/yellow]")
                 except Exception as e:
                     con.print(f"[red]{escape(getattr(e, 'user_message', str(e)))}[/red]")
                 continue
+            if reader is None and not deferred and not auto_approve:
+                auto_approve = True
+                con.print("[dim]Input closed; approving automatically from now on.[/dim]")
         await asyncio.sleep(0.05)
     if (await service.project(pid)).status in TERMINAL:  # let the after-delivery hooks (memory, learning) finish
         await asyncio.wait_for(service.engine.wait_project(pid), 600)

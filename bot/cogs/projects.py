@@ -37,7 +37,7 @@ class Projects(commands.Cog):
                            budget="Budget in USD; the project pauses when it is spent")
     @app_commands.choices(oversight=OVERSIGHT_CHOICES)
     @director_only()
-    async def new(self, interaction: discord.Interaction, objective: app_commands.Range[str, 3, 2000],
+    async def new(self, interaction: discord.Interaction, objective: app_commands.Range[str, 10, 2000],
                   oversight: app_commands.Choice[str] | None = None,
                   budget: app_commands.Range[float, 0.01, 100000.0] | None = None) -> None:
         """Start a project: the PM proposes approaches in the project's #overview."""

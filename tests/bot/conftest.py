@@ -110,6 +110,17 @@ class Harness:
         await dpytest.run_all_events()
         return msg
 
+    async def ask(self, channel: Any, text: str, *, member: Any = None) -> str:
+        """Say ``text`` and return what the bot itself (not a persona) replied in that channel."""
+        await dpytest.empty_queue()
+        await self.say(channel, text, member=member)
+        replies = []
+        while not dpytest.sent_queue.empty():
+            m = dpytest.get_message()
+            if m.channel.id == channel.id:
+                replies.append(m.content)
+        return "\n".join(replies)
+
     async def setup_agency(self) -> None:
         out = await self.slash("agency setup")
         assert "is an A-TEAMs agency" in text_of(out), out

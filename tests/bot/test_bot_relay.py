@@ -79,17 +79,17 @@ async def test_text_commands_use_the_core_parser_and_checks(harness):
     spaces = await _running_project(h)
     overview = spaces["overview:1"]
     await dpytest.empty_queue()
-    await h.say(overview, "/project status")
-    assert "**Project #1**" in dpytest.get_message().content
-    await h.say(overview, "/frobnicate now")
-    assert "Unknown command `/frobnicate`" in dpytest.get_message().content
-    await h.say(overview, "/feedback")
-    assert "missing <handle>" in dpytest.get_message().content
-    await h.say(overview, "/project pause", member=h.bob)
-    assert "Only the Director" in dpytest.get_message().content
+    reply = await h.ask(overview, "/project status")
+    assert "**Project #1**" in reply
+    reply = await h.ask(overview, "/frobnicate now")
+    assert "Unknown command `/frobnicate`" in reply
+    reply = await h.ask(overview, "/feedback")
+    assert "missing <handle>" in reply
+    reply = await h.ask(overview, "/project pause", member=h.bob)
+    assert "Only the Director" in reply
     assert await h.status(1) != "paused"
-    await h.say(overview, "/project pause")
-    assert "paused" in dpytest.get_message().content
+    reply = await h.ask(overview, "/project pause")
+    assert "paused" in reply
     assert await h.status(1) == "paused"
 
 
@@ -130,20 +130,21 @@ async def test_human_specialist_assigned_todo_submit(settings, monkeypatch):
     h = await start_harness(settings, monkeypatch, models=scripted_models(ScriptedModel({"WorkPlan": plan})))
     try:
         await h.setup_agency()
-        await h.slash("project new", objective="Brief one", oversight="autonomous")
+        out = await h.slash("project new", objective="Write brief number one", oversight="autonomous")
+        assert "started" in str(out), out
         await h.wait_status(1, "done", timeout=60)
         await h.service.dispatcher.drain()
         async with h.service.db.session() as s:
             research = (await s.execute(select(SpaceRow).where(SpaceRow.address.like("stream:%")).order_by(SpaceRow.id))).scalars().first()
         channel = h.guild.get_channel(int(research.external_id))
-        await h.say(channel, f"/stream add-human {h.alice.mention}")
-        assert "human specialist" in dpytest.get_message().content
+        reply = await h.ask(channel, f"/stream add-human {h.alice.mention}")
+        assert "human specialist" in reply
         async with h.service.db.session() as s:
             alice = (await s.execute(select(MemberRow).where(MemberRow.kind == "human"))).scalar_one()
         assert alice.external_user_id == str(h.alice.id)
         state["human"] = alice.handle
 
-        await h.slash("project new", objective="Brief two", oversight="autonomous")
+        await h.slash("project new", objective="Write brief number two", oversight="autonomous")
         # the task is announced in its stream channel with a real mention of the person
         ready = await eventually(lambda: [s for s in h.rec.webhook_sends if f"T2 'Analyse needs and options' is ready for @{alice.handle}"
                                           in s["content"]], what="the assignment")
@@ -151,17 +152,17 @@ async def test_human_specialist_assigned_todo_submit(settings, monkeypatch):
         assert ready[0]["allowed_mentions"]["users"] == [h.alice.id] or str(h.alice.id) in str(ready[0]["allowed_mentions"])
         stream2 = h.guild.get_channel(ready[0]["channel_id"])
         await dpytest.empty_queue()
-        await h.say(stream2, "/todo", member=h.alice)
-        assert "T2" in dpytest.get_message().content
-        await h.say(stream2, "/submit T2 Home users need reliability; compare three machines by price and upkeep.", member=h.alice)
-        assert "submitted for review" in dpytest.get_message().content
+        reply = await h.ask(stream2, "/todo", member=h.alice)
+        assert "T2" in reply
+        reply = await h.ask(stream2, "/submit T2 Home users need reliability; compare three machines by price and upkeep.", member=h.alice)
+        assert "submitted for review" in reply
         await h.wait_status(2, "done", timeout=60)
         async with h.service.db.session() as s:
             t = (await s.execute(select(TaskRow).where(TaskRow.project_id == 2, TaskRow.key == "T2"))).scalar_one()
         assert t.status == "done" and t.output.startswith("Home users need reliability")
-        # a person who is not the assignee cannot submit it
-        await h.say(stream2, "/submit T2 mine", member=h.owner)
-        assert "not assigned to you" in dpytest.get_message().content
+        # only the assignee submits
+        reply = await h.ask(stream2, "/submit T2 mine", member=h.owner)
+        assert "Only a human specialist" in reply
     finally:
         await stop_harness(h)
 

@@ -1,0 +1,62 @@
+"""The terminal, as a user runs it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+OBJECTIVE = "Write a one-page brief on rainwater harvesting for a community garden"
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "DISCORD_TOKEN", "OPENAI_BASE_URL")}
+    env["ATEAMS_CONFIG"] = str(tmp_path / "absent.toml")
+    env["COLUMNS"] = "200"
+    return env
+
+
+def _ateams(tmp_path: Path, *args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agency", *args], cwd=tmp_path, env=_env(tmp_path), input=stdin,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_offline_run_writes_the_deliverable_and_says_no_model_was_called(tmp_path: Path) -> None:
+    r = _ateams(tmp_path, "run", "--auto-approve", OBJECTIVE, "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "DRY RUN" in out and "no model was called" in out
+    assert "#research" in out and "Researcher-A" in out  # grouped by channel and thread, with personas
+    assert "What a real run would cost" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("Project #1 done. Deliverable:"), last
+    files = list((tmp_path / "out").glob("project-1-*.md"))
+    assert len(files) == 1
+    md = files[0].read_text()
+    assert "no model was called" in md and "Appendix: accepted task outputs" in md
+
+
+def test_interactive_director_answers_at_the_prompt(tmp_path: Path) -> None:
+    stdin = "/project status\n/approve 2\n/approve\n"
+    r = _ateams(tmp_path, "run", "--quiet", OBJECTIVE, "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out"), stdin=stdin)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Approach 2 chosen." in r.stdout
+    assert "Plan approved." in r.stdout
+    assert "**Project #1** - new" in r.stdout  # the status command answered
+
+
+def test_bad_settings_stop_with_the_key_named(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[engine]\nmax_revisions = -1\n")
+    env = _env(tmp_path)
+    env["ATEAMS_CONFIG"] = str(tmp_path / "bad.toml")
+    r = subprocess.run([sys.executable, "-m", "agency", "run", "--auto-approve", OBJECTIVE], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "engine.max_revisions" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_oversight_is_refused(tmp_path: Path) -> None:
+    r = _ateams(tmp_path, "run", "--oversight", "sometimes", OBJECTIVE, timeout=60)
+    assert r.returncode == 2 and "--oversight must be one of" in r.stderr
