@@ -14,7 +14,8 @@ from rich.panel import Panel
 from agency.errors import AgencyError
 from agency.schemas import OVERSIGHT_LEVELS
 
-app = typer.Typer(help="A-TEAMs: an AI agency in your Discord server, or in your terminal.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="A-TEAMs: an AI agency in your Discord server, or in your terminal.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_show_locals=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 err = Console(stderr=True)
@@ -109,7 +110,12 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     from agency.db.session import upgrade_sync
 
     settings = _settings()
-    upgrade_sync(settings.db_url, revision)
+    try:
+        upgrade_sync(settings.db_url, revision)
+    except Exception as e:  # a bad URL, an unreachable server, a read-only folder
+        err.print(f"[red]Could not upgrade the database: {type(e).__name__}: {str(e).splitlines()[0]}[/red]\n"
+                  "Check `database_url` / `data_dir` in config.toml (or ATEAMS_DATABASE_URL / ATEAMS_DATA_DIR).")
+        raise typer.Exit(1) from None
     Console().print(f"Database at {settings.db_url.split('///')[-1] if settings.db_url.startswith('sqlite') else '(configured URL)'} is at {revision}.")
 
 

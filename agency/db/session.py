@@ -17,10 +17,7 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_dir(url)
         kwargs: dict = {"echo": echo}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
@@ -35,6 +32,13 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
@@ -62,4 +66,5 @@ def alembic_config(url: str):  # noqa: ANN201
 def upgrade_sync(url: str, revision: str = "head") -> None:
     from alembic import command
 
+    ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), revision)
