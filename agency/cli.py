@@ -116,7 +116,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
         err.print(f"[red]Could not upgrade the database: {type(e).__name__}: {str(e).splitlines()[0]}[/red]\n"
                   "Check `database_url` / `data_dir` in config.toml (or ATEAMS_DATABASE_URL / ATEAMS_DATA_DIR).")
         raise typer.Exit(1) from None
-    Console().print(f"Database at {settings.db_url.split('///')[-1] if settings.db_url.startswith('sqlite') else '(configured URL)'} is at {revision}.")
+    Console().print(f"Database at {settings.db_url.split('///')[-1] if settings.db_url.startswith('sqlite') else '(configured URL)'} is at {revision}.", soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover
