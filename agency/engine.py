@@ -78,6 +78,7 @@ class ProjectPaused(Exception):
 class FlightStats:
     in_flight: int = 0
     max_in_flight: int = 0
+    started: int = 0  # task workers started (a resumed task counts again)
 
 
 def _now() -> datetime:
@@ -564,7 +565,10 @@ class Engine:
                         await self._commit(s, pid)
                         return
                     # resume tasks that were mid-flight (after a restart)
+                    humans = set((await s.execute(select(MemberRow.id).where(MemberRow.agency_id == p.agency_id, MemberRow.kind == "human"))).scalars())
                     for t in tasks:
+                        if t.status == "running" and t.assignee_id in humans:
+                            continue  # a person is working on it; their /submit wakes the project
                         if t.status in ("running", "review") and t.id not in workers and len(workers) < limit:
                             workers[t.id] = self._start_worker(pid, t.id, stats)
                     # start newly ready tasks
@@ -581,7 +585,8 @@ class Engine:
                         if n:
                             await self._announce_start(s, p, t, by_id, deps)
                             changed = True
-                            workers[t.id] = self._start_worker(pid, t.id, stats)
+                            if t.assignee_id not in humans:
+                                workers[t.id] = self._start_worker(pid, t.id, stats)
                     if changed:
                         await self._commit(s, pid)
                     else:
@@ -651,6 +656,8 @@ class Engine:
         repos.event(s, p.id, "task_started", task_id=t.id, key=t.key, assignee=m.handle)
 
     def _start_worker(self, pid: int, tid: int, stats: FlightStats) -> asyncio.Task[None]:
+        stats.started += 1
+
         async def run() -> None:
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
