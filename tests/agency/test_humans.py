@@ -60,4 +60,4 @@ async def test_human_specialist_takes_part(make_service) -> None:
     t3 = [r for r in model.calls("AgentTurn", "work") if r.meta["task"]["key"] == "T3" and "browns to greens" in r.messages[-1]["content"]]
     assert t3
     # while Dana worked, the engine did not keep restarting a worker for her task
-    assert service.engine.stats[second.id].started <= 4
+    assert service.engine.stats[second.id].started <= 10  # without the guard: one per loop turn, thousands
