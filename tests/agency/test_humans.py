@@ -1,6 +1,8 @@
 """Human specialists: added to a stream, assigned by the PM, mentioned, /todo, /submit like an LLM specialist."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import select
 
@@ -50,6 +52,7 @@ async def test_human_specialist_takes_part(make_service) -> None:
         await service.run_command(AGENCY, mentioned[0].address, DANA, "/submit T1 I did T1 too")
     with pytest.raises(PermissionDeniedError):
         await service.run_command(AGENCY, mentioned[0].address, DANA, "/approve")
+    await asyncio.sleep(0.3)  # Dana works for a while; the engine must wait, not spin
     done = await service.run_command(AGENCY, mentioned[0].address, DANA, "/submit T2 Worm bins need a 2:1 ratio of browns to greens.")
     assert "submitted" in done.text
     assert await drive(service, second.id) == "done"
