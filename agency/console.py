@@ -7,6 +7,7 @@ the Director at a prompt (or automatically with ``--auto-approve``).
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import re
 import threading
@@ -96,13 +97,23 @@ class _StdinReader:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
+        # os.read, not input(): a thread blocked in input() holds stdin's buffer lock, and the interpreter
+        # then aborts at exit ("could not acquire lock for <stdin> at interpreter shutdown")
+        buf = b""
         while True:
             try:
-                line = input()
-            except EOFError:
+                chunk = os.read(0, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if buf.strip():
+                    self.lines.put(buf.decode(errors="replace").rstrip("\r"))
                 self.lines.put(None)
                 return
-            self.lines.put(line)
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                self.lines.put(line.decode(errors="replace").rstrip("\r"))
 
     async def readline(self) -> str | None:
         while True:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,9 +41,10 @@ from agency.db.tables import (
 )
 from agency.errors import AgencyError, BudgetExceededError, LLMError, LLMOutputError, NotFoundError, PermissionDeniedError
 from agency.llm.client import CallContext, LLMClient
-from agency.llm.router import choose_tier, next_tier
+from agency.llm.router import choose_tier, next_tier, weighted_score
 from agency.llm.simulated import NOTICE
 from agency.llm.usage import format_usd
+from agency.logs import redact
 from agency.models import TERMINAL
 from agency.roles import collaborator as collab_role
 from agency.roles import pm as pm_role
@@ -65,6 +67,7 @@ PM_HANDLE = "PM"
 LEARNING_HANDLE = "Learning-Manager"
 EST_PROMPT_TOKENS = 1500
 EST_COMPLETION_TOKENS = 600
+HISTORY_ITEMS = 12  # a task's kept conversation: the member's drafts, answers, feedback (newest last)
 
 Recall = Callable[[int, str, str | None, str, int | None], Awaitable[tuple[str, list[Any]]]]
 ProjectHook = Callable[[int], Awaitable[None]]
@@ -175,6 +178,8 @@ class Engine:
 
     # -- the project loop ----------------------------------------------------------------------
     async def _run_project(self, pid: int) -> None:
+        structlog.contextvars.clear_contextvars()  # this task's own context: every log line in it carries the project id
+        structlog.contextvars.bind_contextvars(project_id=pid)
         try:
             while not self._stopping:
                 async with self.db.session() as s:
@@ -517,7 +522,8 @@ class Engine:
             m = members[t.assignee]
             row = TaskRow(project_id=pid, key=t.id, title=t.title, description=t.description, stream_id=streams[t.stream].id,
                           assignee_id=m.id, success_criteria=t.success_criteria, status="pending",
-                          scores=t.scores.model_dump(), tier=self._tier_for(t.scores.model_dump()), context=[])
+                          scores={**t.scores.model_dump(), "weighted": weighted_score(t.scores.model_dump(), self.settings.routing.weights)},
+                          tier=self._tier_for(t.scores.model_dump()), context=[])
             s.add(row)
             tasks[t.id] = row
         await s.flush()
@@ -659,6 +665,7 @@ class Engine:
         stats.started += 1
 
         async def run() -> None:
+            structlog.contextvars.bind_contextvars(task_id=tid)  # log lines of this worker carry the task id
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             try:
@@ -772,7 +779,7 @@ class Engine:
                         repos.event(s, pid, "repetition", task_id=tid, detail=repeated)
                         continue
                     submitted = True
-                    t.output = out
+                    t.output = redact(out)
                 elif c.name == "blocked":
                     blocked = c.args["reason"]
                 elif c.name == "accept":
@@ -785,16 +792,21 @@ class Engine:
                 elif c.name != "ask":
                     feedback.append(f"/{c.name} is not available while working on a task")
             ctx_items += answers
+            own = "" if submitted else turn.message.strip()[:4000]
+            if own and any(c.get("from") == f"{handle} (you)" and self._norm(c.get("text", "")) == self._norm(own) for c in t.context or []):
+                feedback.append("you repeated an earlier turn word for word; change your approach, or `/submit` your work")
+                repos.event(s, pid, "repetition", task_id=tid, detail="repeated turn")
             if feedback:
                 ctx_items.append({"from": SYSTEM, "text": "; ".join(feedback)})
                 repos.event(s, pid, "command_refused", task_id=tid, feedback=feedback)
-            t.context = ctx_items
+            # the task's conversation (own drafts, answers, feedback) is kept and re-injected each turn, bounded
+            t.context = [*(t.context or []), *([{"from": f"{handle} (you)", "text": own}] if own else []), *ctx_items][-HISTORY_ITEMS:]
             t.step = step + 1
             if submitted:
                 t.status = "review"
                 repos.event(s, pid, "submitted", task_id=tid, key=t.key, revision=t.revision)
             elif not blocked and not asks and not turn.tools:
-                t.context = ctx_items + [{"from": SYSTEM, "text": f"No submission yet: when your work meets the criteria, add `/submit {t.key}`."}]
+                t.context = [*t.context, {"from": SYSTEM, "text": f"No submission yet: when your work meets the criteria, add `/submit {t.key}`."}][-HISTORY_ITEMS:]
             await self._commit(s, pid)
         if blocked:
             await self._escalate(pid, tid, f"@{handle} is blocked: {blocked}")
@@ -884,6 +896,10 @@ class Engine:
             assignee = await s.get(MemberRow, t.assignee_id)
             assert assignee is not None
             met = sum(1 for x in review.criteria_met if x)
+            unmet = [c for c, ok in zip(t.success_criteria, review.criteria_met) if not ok]
+            if review.decision == "accept" and unmet:  # an accept that contradicts its own check is no verification
+                review = review.model_copy(update={"decision": "revise", "notes": "Not met: " + "; ".join(unmet) + (f". {review.notes}" if review.notes else "")})
+                repos.event(s, pid, "verification_inconsistent", task_id=tid, unmet=unmet)
             s.add(FeedbackRow(agency_id=p.agency_id, project_id=pid, member_id=assignee.id, task_id=tid, source="review",
                               rating=5 if review.decision == "accept" else 2, text=review.notes or review.message, author=chandle))
             if review.decision == "accept":
@@ -1052,7 +1068,7 @@ class Engine:
                 return
             tokens, cost, calls = await repos.project_usage(s, pid)
             md = self.render_deliverable(p, result, outputs, tokens, cost, calls)
-            p.deliverable = md
+            p.deliverable = md = redact(md)
             p.deliverable_title = result.title
             p.status = "done"
             p.finished_at = _now()

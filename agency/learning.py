@@ -296,7 +296,7 @@ class LearningManager:
                                             reason=evaluation.reason.strip())
                 s.add(proposed)
                 await s.flush()
-                await self._supersede_proposals(s, member_id, handle, keep=version, why=f"superseded by v{version}")
+                await self._supersede_proposals(s, agency_id, member_id, handle, keep=version, why=f"superseded by v{version}")
                 ev.proposed_version = version
                 if self.settings.learning.auto_apply:
                     await self._activate(s, member_id, proposed)
@@ -403,15 +403,17 @@ class LearningManager:
         row.status = "active"
 
     @staticmethod
-    async def _supersede_proposals(s: AsyncSession, member_id: int, handle: str, *, keep: int | None, why: str) -> None:
+    async def _supersede_proposals(s: AsyncSession, agency_id: int, member_id: int, handle: str, *, keep: int | None, why: str) -> None:
         old = (await s.execute(select(SystemMessageRow).where(SystemMessageRow.member_id == member_id,
                                                               SystemMessageRow.status == "proposed"))).scalars().all()
+        projects = select(ProjectRow.id).where(ProjectRow.agency_id == agency_id)
         for r in old:
             if r.version == keep:
                 continue
             r.status = "rejected"
             r.reason = f"{r.reason}\n({why})".strip()
             await s.execute(update(ApprovalRow).where(ApprovalRow.kind == "revision", ApprovalRow.status == "pending",
+                                                      ApprovalRow.project_id.in_(projects),
                                                       ApprovalRow.subject == f"{handle} v{r.version}").values(status="superseded", reason=why))
 
     async def decide_revision(self, s: AsyncSession, p: ProjectRow, a: ApprovalRow, approved: bool, reason: str | None,
@@ -477,7 +479,7 @@ class LearningManager:
                 s.add(new)
                 await s.flush()
                 await self._activate(s, m.id, new)
-                await self._supersede_proposals(s, m.id, m.handle, keep=None, why=f"superseded by the rollback to v{version}")
+                await self._supersede_proposals(s, agency_id, m.id, m.handle, keep=None, why=f"superseded by the rollback to v{version}")
                 await self.ensure_member(s, agency_id)
                 post(s, agency_id, None, "hq", LEARNING_HANDLE,
                      f"@{m.handle}'s system message is v{new.version} again with the text of v{version} (rollback by {actor}).")

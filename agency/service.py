@@ -390,7 +390,9 @@ class AgencyService:
             tokens, cost, calls = await repos.project_usage(s, project_id)
             if usd is None:
                 b = format_usd(p.budget_usd) if p.budget_usd else (f"{p.budget_tokens} tokens" if p.budget_tokens else "no budget")
-                return f"Project #{project_id}: spent {format_usd(cost)} ({tokens} tokens, {calls} calls); budget {b}."
+                from agency.reports import project_costs, render_costs  # cost by stream, model, member (observability)
+
+                return f"Project #{project_id}: spent {format_usd(cost)} ({tokens} tokens, {calls} calls); budget {b}.\n" + render_costs(await project_costs(s, project_id))
             self._need_director(actor)
             if usd <= cost:
                 raise AgencyError(f"The project has already spent {format_usd(cost)}; set a budget above that.")
@@ -558,6 +560,17 @@ class AgencyService:
         return f"{task_key} submitted for review."
 
     # -- messages from people ------------------------------------------------------------------------
+    @staticmethod
+    async def _in_streams(s: Any, sender: MemberRow | None, pid: int, kind: str, rest: str) -> bool:
+        """A human specialist speaking in one of its streams (or threads), or in the overview of a project it works in."""
+        if sender is None or sender.kind != "human":
+            return False
+        mine = set((await s.execute(select(StreamMemberRow.stream_id).join(StreamRow, StreamRow.id == StreamMemberRow.stream_id)
+                                    .where(StreamRow.project_id == pid, StreamMemberRow.member_id == sender.id))).scalars())
+        if kind in ("stream", "thread"):
+            return int(rest.split(":")[0]) in mine
+        return bool(mine)
+
     async def handle_message(self, agency_external_id: str, address: str, actor: Actor, text: str) -> CommandResult | None:
         """A person wrote in a project space. Commands run; other text reaches the addressed member."""
         text = (text or "").strip()
@@ -582,10 +595,12 @@ class AgencyService:
                 target = await repos.member_by_handle(s, a.id, PM_HANDLE)
             s.add(MessageRow(agency_id=a.id, project_id=pid, direction="in", address=address, persona=actor.name, content=text[:8000], status="received"))
             sender = await repos.member_by_user(s, a.id, actor.external_user_id) if actor.external_user_id else None
+            # the Director steers anywhere, a human specialist only in its own streams; anyone else is recorded, never relayed
+            steer = actor.is_director or await self._in_streams(s, sender, pid, kind, rest)
             if target is not None and kind == "thread" and target.kind == "specialist":
                 # a person's words in a specialist's thread: guidance for its current task, and feedback
                 t = (await s.execute(select(TaskRow).where(TaskRow.project_id == pid, TaskRow.assignee_id == target.id, TaskRow.status.in_(("running", "pending", "review"))).order_by(TaskRow.key).limit(1))).scalar_one_or_none()
-                if t is not None:
+                if t is not None and steer:
                     t.context = [*(t.context or []), {"from": actor.name, "text": text[:4000]}]
                 s.add(FeedbackRow(agency_id=a.id, project_id=pid, member_id=target.id, task_id=t.id if t else None,
                                   source="human" if (sender is not None and sender.kind == "human") or not actor.is_director else "director",
@@ -593,6 +608,8 @@ class AgencyService:
             if actor.is_director and p is not None:
                 p.director_notes = [*p.director_notes, {"about": "guidance", "text": text[:2000], "at": address}]
             await s.commit()
+            if not steer:
+                return CommandResult("Only the Director and the specialists of this stream can direct its members; your message was recorded.")
             if target is None or p is None or p.status in TERMINAL:
                 return None
             sysmsg = await repos.active_system_message(s, target.id)
@@ -780,7 +797,7 @@ class AgencyService:
                 return None
             marker = f"reaction {emoji} on message {message_external_id}"
             dup = (await s.execute(select(FeedbackRow.id).where(FeedbackRow.member_id == m.id, FeedbackRow.source == "reaction",
-                                                                FeedbackRow.author == actor.name, FeedbackRow.text.startswith(marker)).limit(1))).first()
+                                                                FeedbackRow.author == actor.name, FeedbackRow.text.startswith(marker, autoescape=True)).limit(1))).first()
             if dup is not None:
                 return None
             s.add(FeedbackRow(agency_id=a.id, project_id=msg.project_id, member_id=m.id, source="reaction", rating=rating,

@@ -63,6 +63,11 @@ async def build_service(settings: Settings, chat: ChatPort | None, *, models: Mo
     service.extra_commands.update(COMMANDS)
     if own_memory:
         _close_memory_with(service, memory)
+    # -- metrics (agency.metrics; observability): Prometheus endpoint when [metrics] port is set, else nothing --
+    from agency.metrics import install_metrics
+
+    install_metrics(service)  # sets service.metrics; stops with service.close()
+    # -- end metrics --
     log.info("service built: memory %s, learning %s", "on" if memory is not None else "off",
              "on" if settings.learning.enabled else "off")
     return service
@@ -89,6 +94,13 @@ async def _evaluate(service: AgencyService, agency: str, address: str, actor: Ac
 async def _show(service: AgencyService, agency: str, address: str, actor: Actor, cmd: Command) -> CommandResult:
     m = await service.member(agency, cmd.args["handle"])
     text = service.render_member(m)
+    d = m.definition or {}
+    extra = [f"Collaboration: {d['collaboration_strategy']}" if d.get("collaboration_strategy") else "",
+             f"Adaptability: {d['adaptability_strategy']}" if d.get("adaptability_strategy") else "",
+             "Custom commands: " + ", ".join(f"/{c['name']} ({c['description']})" for c in d["custom_commands"]) if d.get("custom_commands") else ""]
+    if any(extra):
+        head, sep, rest = text.partition("\nSystem message v")  # the definition before the system message
+        text = head + "".join(f"\n{x}" for x in extra if x) + (sep + rest if sep else "")
     if service.learning is not None and m.kind == "specialist":
         ev = await service.learning.latest_evaluation(await service._agency_id(agency), m.handle)
         if ev is not None:

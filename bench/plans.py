@@ -12,6 +12,7 @@ The lower bound of a project's makespan (autonomous oversight, no revisions,
 unlimited concurrency) is its longest chain of model calls times the latency:
 approaches + plan + (work turn + review) per task on the critical path +
 deliverable. The critical path comes from :func:`agency.dag.critical_path`.
+The Learning Manager's evaluations come after the deliverable, off that path.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from agency import dag
 
-__all__ = ["Shape", "parse_shape", "make_plan", "plan_deps", "critical_calls", "total_calls", "shape_tag", "shape_from_text"]
+__all__ = ["Shape", "parse_shape", "make_plan", "plan_deps", "critical_calls", "total_calls", "specialists", "shape_tag", "shape_from_text"]
 
 # catalogue roles (specialists/*.toml): handles are reused across tasks of the same role
 _ROLES = ["researcher", "analyst", "writer", "reviewer", "engineer"]
@@ -167,6 +168,13 @@ def critical_calls(shape: Shape) -> tuple[list[str], int]:
     return path, PROJECT_CALLS + CALLS_PER_TASK * int(length)
 
 
-def total_calls(shape: Shape) -> int:
-    """Model calls of a project of this shape when every turn submits and every review accepts."""
-    return PROJECT_CALLS + CALLS_PER_TASK * len(make_plan(shape)["tasks"])
+def total_calls(shape: Shape, *, learning: bool = False) -> int:
+    """Model calls of a project of this shape when every turn submits and every review accepts
+    (``learning``: plus the Learning Manager's evaluation of each specialist after delivery)."""
+    plan = make_plan(shape)
+    return PROJECT_CALLS + CALLS_PER_TASK * len(plan["tasks"]) + (len(plan["specialists"]) if learning else 0)
+
+
+def specialists(shape: Shape) -> int:
+    """How many specialists a plan of this shape staffs (each is evaluated after delivery)."""
+    return len(make_plan(shape)["specialists"])

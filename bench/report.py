@@ -124,7 +124,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "overhead", f"{_label(shape)}, 0 s/call",
                 f"{r['model_calls']} calls in {r['makespan_s']:.2f} s: {r['wall_ms_per_call']:.1f} ms wall and "
                 f"{r['cpu_ms_per_call']:.1f} ms CPU per call ({r['cpu_s']:.2f} s CPU, outbox included: "
-                f"{r['messages_delivered']} deliveries, {r['outbox_drain_after_done_s'] * 1000:.0f} ms to drain after done)",
+                f"{r['messages_delivered']} deliveries, {r['outbox_drain_after_done_s'] * 1000:.0f} ms to drain after the projects ended)",
                 f"< {TARGETS['cpu_ms_per_call']:g} ms CPU/call", _status(ok) if r["ok"] else "FAILED",
             ))
     tk = results.get("tokens")
@@ -151,7 +151,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "scale", f"{n} project{'s' if int(n) != 1 else ''} at once ({_label(sc['shape'])}, {sc['latency_s']:g} s/call)",
                 f"makespan {r['makespan_s']:.2f} s (one project's bound {r['bound_s']:.2f} s; mean project "
                 f"{r['project_makespan_s_mean']:.2f} s; creating them {r.get('create_s', 0):.2f} s; outbox drained "
-                f"{r['outbox_drain_after_done_s']:.1f} s after the last), {r['model_calls']} calls, peak RSS {r['peak_rss_mb']:.0f} MB "
+                f"{r['outbox_drain_after_done_s']:.1f} s after they ended), {r['model_calls']} calls, peak RSS {r['peak_rss_mb']:.0f} MB "
                 f"(start {r['rss_start_mb']:.0f} MB), loop lag max {r['loop_lag_max_ms']:.0f} ms / p99 {r['loop_lag_p99_ms']:.0f} ms, "
                 f"db {r['db_mb']:.1f} MB, {r['cpu_ms_per_call']:.0f} ms CPU/call",
                 "< 300 MB, lag < 50 ms" if int(n) == 100 else "", _status(ok) if r["ok"] else "FAILED",

@@ -13,6 +13,7 @@ user message (the objective, the task key). It answers
   (a turn without a task, e.g. an answer to ``/ask``, has no command);
 - ``Review``: ``accept`` with every criterion met;
 - ``Deliverable``: a short document; ``EscalationDecision``: feedback;
+- ``Evaluation`` (Learning Manager): good scores, one lesson, no revision;
 - anything else: minimal values filled from the request's JSON schema.
 
 It counts the calls per schema in :attr:`RoleHandler.by_schema` and logs when
@@ -125,6 +126,19 @@ class RoleHandler:
 
     def _EscalationDecision(self, text: str) -> dict[str, Any]:
         return {"thinking": "", "action": "feedback", "message": "Submit what you have with /submit."}
+
+    # -- learning manager ---------------------------------------------------------------------
+    def _Evaluation(self, text: str) -> dict[str, Any]:
+        return {
+            "thinking": "Every task was accepted without a revision.",
+            "scores": [{"expectation": "does the assigned work", "score": 5, "evidence": "every submission accepted first time"}],
+            "strengths": ["submits complete work"],
+            "weaknesses": [],
+            "lessons": ["Say which earlier outputs you built on."],
+            "propose_revision": False,
+            "revised_system_message": "",
+            "reason": "",
+        }
 
     # -- collaborator ----------------------------------------------------------------------
     def _Review(self, text: str) -> dict[str, Any]:

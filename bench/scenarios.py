@@ -34,9 +34,10 @@ from agency.console import ConsoleChat
 from agency.db.tables import LLMCallRow, MessageRow, ProjectRow, TaskRow
 from agency.models import TERMINAL, Actor
 from agency.service import AgencyService
+from agency.wiring import build_service
 from agency.settings import load_settings
 from bench.mock_openai import MockOpenAIServer
-from bench.plans import Shape, critical_calls, make_plan, parse_shape, shape_tag, total_calls
+from bench.plans import Shape, critical_calls, make_plan, parse_shape, shape_tag, specialists, total_calls
 from bench.roles import RoleHandler
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ async def run_batch(
                 memory={"enabled": False},
             )
             chat = ConsoleChat(quiet=True)
-            service = await AgencyService.create(settings, chat)
+            service = await build_service(settings, chat)  # as the CLI and the bot build it: learning on, memory off
             try:
                 return await _measure(service, chat, mock, handler, shape, projects, latency, warmup, lag, timeout, data_dir)
             finally:
@@ -322,10 +323,10 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
     ticker = LagTicker()
     if lag:
         ticker.start()
-    cpu0, srv0, t0 = time.process_time(), mock.cpu_seconds(), time.perf_counter()
+    cpu0, srv0, t0, wall0 = time.process_time(), mock.cpu_seconds(), time.perf_counter(), time.time()
     timing: dict[str, float] = {}
     pids = await _run_projects(service, shape, n, timeout, timing)
-    makespan = time.perf_counter() - t0
+    runners_s = time.perf_counter() - t0  # the runners end after the Learning Manager's evaluations
     cpu_done = time.process_time() - cpu0 - (mock.cpu_seconds() - srv0)
     # the outbox and the status message still have work: count it, it is orchestration
     t1 = time.perf_counter()
@@ -342,8 +343,9 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         prows = list((await s.execute(select(ProjectRow).where(ProjectRow.id.in_(pids)))).scalars())
         statuses = {p.id: p.status for p in prows}
         failed = [{"project": p.id, "status": p.status, "error": (p.error or "")[:300]} for p in prows if p.status != "done"]
-        spans = [((p.finished_at - p.created_at).total_seconds()) for p in
-                 (await s.execute(select(ProjectRow).where(ProjectRow.id.in_(pids)))).scalars() if p.finished_at]
+        spans = [(p.finished_at - p.created_at).total_seconds() for p in prows if p.finished_at]
+        # the makespan ends when the last deliverable is committed (status done)
+        makespan = max((p.finished_at.timestamp() - wall0 for p in prows if p.finished_at), default=runners_s)
         done_tasks = (await s.execute(select(func.count(TaskRow.id)).where(TaskRow.project_id.in_(pids), TaskRow.status == "done"))).scalar() or 0
         all_tasks = (await s.execute(select(func.count(TaskRow.id)).where(TaskRow.project_id.in_(pids)))).scalar() or 0
         by_role_rows = (await s.execute(
@@ -362,7 +364,8 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
     completion = sum(v["completion_tokens"] for v in by_role.values())
     path, chain_calls = critical_calls(shape)
     n_tasks = len(make_plan(shape)["tasks"])
-    expected_calls = total_calls(shape) * n
+    expected_calls = total_calls(shape, learning=service.learning is not None) * n
+    evaluations = specialists(shape) * n if service.learning is not None else 0
     bound = chain_calls * latency
     db_mb = _db_size_mb(data_dir)
     stats = [service.engine.stats.get(p) for p in pids]
@@ -372,6 +375,7 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         "tasks_done_equal_planned": done_tasks == all_tasks == n_tasks * n,
         "server_calls_equal_recorded_calls": srv.calls == rows == srv.answered,
         "calls_equal_expected": rows == expected_calls,
+        "every_specialist_evaluated": handler.by_schema.get("Evaluation", 0) == by_role["learning"]["calls"] == evaluations,
         "server_tokens_equal_recorded_tokens": srv.prompt_tokens == prompt and srv.completion_tokens == completion,
         "every_call_ok": bad_outcomes == 0,
         "outbox_drained": pending_out == 0,
@@ -383,6 +387,7 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         "latency_s": latency,
         "makespan_s": round(makespan, 3),
         "create_s": round(timing.get("create_s", 0.0), 3),
+        "learning_after_done_s": round(max(0.0, runners_s - makespan), 3),
         "project_makespan_s_mean": round(statistics.mean(spans), 3) if spans else None,
         "project_makespan_s_max": round(max(spans), 3) if spans else None,
         "critical_path": path,
@@ -396,7 +401,8 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         "cpu_s": round(cpu_all, 3),
         "cpu_s_until_done": round(cpu_done, 3),
         "cpu_ms_per_call": round(cpu_all / rows * 1000, 2) if rows else None,
-        "wall_ms_per_call": round(makespan / rows * 1000, 2) if rows else None,
+        "wall_ms_per_call": round(runners_s / rows * 1000, 2) if rows else None,
+        "runners_s": round(runners_s, 3),
         "outbox_drain_after_done_s": round(max(0.0, drain_s), 3),
         "messages_out": msgs,
         "messages_delivered": len(chat.sent) + len(chat.edits),

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 
+import aiohttp
 import discord
 
 from agency.errors import AgencyError
@@ -65,6 +66,10 @@ def main(settings: Settings) -> int:
         return 1
     except discord.PrivilegedIntentsRequired:
         _say(NO_INTENTS)
+        return 1
+    except (aiohttp.ClientConnectionError, OSError) as e:
+        _say(f"Could not reach Discord ({type(e).__name__}: {e}). Check the network and try again; "
+             "projects resume where they stopped.")
         return 1
     except AgencyError as e:
         _say(e.user_message)

@@ -439,9 +439,8 @@ class DiscordChat:
         embed.set_author(name=persona_name(message.persona), icon_url=self.avatar_for(message.persona))
         if index == 0 and message.mention_user_ids:
             mention_line, _ = self.mentions(channel.guild, message.mention_user_ids)
-        nonce = f"ateams-{message.id}" + (f"-{index}" if index else "")
-        return await dest.send(content=mention_line or None, embed=embed, allowed_mentions=allowed,
-                               nonce=nonce[:25], enforce_nonce=True, **extra)
+        nonce = f"ateams-{message.id}" + (f"-{index}" if index else "")  # discord.py sends it with enforce_nonce
+        return await dest.send(content=mention_line or None, embed=embed, allowed_mentions=allowed, nonce=nonce[:25], **extra)
 
     async def edit(self, message: OutboundMessage, space_external_id: str, external_id: str) -> str:
         guild, channel, thread = await self._target(message, space_external_id)

@@ -90,7 +90,18 @@ async def supersede_pending(s: AsyncSession, upsert_key: str) -> None:
 
 
 def event(s: AsyncSession, project_id: int | None, event_kind: str, /, task_id: int | None = None, **data: Any) -> None:
-    s.add(EventRow(project_id=project_id, task_id=task_id, kind=event_kind, data=data))
+    from agency.logs import redact
+
+    def clean(v: Any) -> Any:  # the audit trail never keeps a secret
+        if isinstance(v, str):
+            return redact(v)
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    s.add(EventRow(project_id=project_id, task_id=task_id, kind=event_kind, data=clean(data)))
 
 
 async def declare_space(

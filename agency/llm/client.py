@@ -27,6 +27,7 @@ from agency.db.tables import LLMCallRow
 from agency.errors import LLMError, LLMOutputError, TransientModelError
 from agency.llm.base import ChatModel, ModelReply, ModelRequest
 from agency.llm.usage import cost_usd, estimate_tokens
+from agency.logs import redact
 from agency.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,11 @@ class CircuitBreaker:
             self._count[key] = self.failures - 1  # half-open: one more failure re-opens
             self.trips += 1
             log.warning("model %s failed %d times in a row; pausing calls to it for %.0f s", key, n, self.cooldown)
+
+
+def _redacted_request(request: ModelRequest) -> dict[str, Any]:
+    """The request as recorded in ``llm_calls``: secrets redacted (the record is an audit export)."""
+    return {"messages": [{**m, "content": redact(m.get("content") or "")} for m in request.messages], "schema": request.schema_name}
 
 
 BudgetCheck = Callable[[CallContext], Awaitable[None]]
@@ -289,8 +295,8 @@ class LLMClient:
             purpose=ctx.purpose,
             model=reply.model or (request.model or ""),
             tier=ctx.tier,
-            request={"messages": request.messages, "schema": request.schema_name},
-            response=parsed.model_dump_json() if parsed is not None else reply.text,
+            request=_redacted_request(request),
+            response=redact(parsed.model_dump_json() if parsed is not None else reply.text),
             retrieved=ctx.retrieved,
             prompt_tokens=pt,
             completion_tokens=ct,
@@ -320,7 +326,7 @@ class LLMClient:
             purpose=ctx.purpose,
             model=request.model or "",
             tier=ctx.tier,
-            request={"messages": request.messages, "schema": request.schema_name},
+            request=_redacted_request(request),
             latency_ms=(time.perf_counter() - started) * 1000,
             outcome="error",
             error=error[:2000],

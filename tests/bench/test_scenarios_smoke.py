@@ -14,7 +14,7 @@ from agency.llm.openai import OpenAIModel
 from agency.roles import collaborator, specialist
 from agency.schemas import AgentTurn, Review, WorkPlan
 from bench import report
-from bench.plans import critical_calls, make_plan, parse_shape, shape_from_text, shape_tag, total_calls
+from bench.plans import critical_calls, make_plan, parse_shape, shape_from_text, shape_tag, specialists, total_calls
 from bench.roles import RoleHandler, schema_of
 from bench.scenarios import QUICK, SCENARIOS
 
@@ -30,6 +30,7 @@ def test_plan_shapes(shape: str, tasks: int, chain_tasks: int) -> None:
     path, calls = critical_calls(s)
     assert len(path) == chain_tasks and calls == 3 + 2 * chain_tasks
     assert total_calls(s) == 3 + 2 * tasks
+    assert total_calls(s, learning=True) == total_calls(s) + specialists(s) == total_calls(s) + len(plan.specialists)
     assert shape_from_text(f"objective {shape_tag(s)}") == s
 
 
@@ -57,6 +58,7 @@ def _check_batch(r: dict[str, Any]) -> None:
     assert sum(v["calls"] for v in r["by_role"].values()) == r["model_calls"]
     assert r["task_calls"] == 2 * r["tasks_per_project"] * r["projects"]
     assert r["by_role"]["pm"]["calls"] == 3 * r["projects"]
+    assert r["by_role"]["learning"]["calls"] == r["by_schema"]["Evaluation"] > 0
     assert r["prompt_tokens"] == r["server_prompt_tokens"] > 0
     assert r["by_schema"]["AgentTurn"] == r["by_schema"]["Review"] == r["tasks_per_project"] * r["projects"]
     assert r["critical_path_calls"] >= 5 and r["bound_s"] >= 0
@@ -73,7 +75,8 @@ async def test_engine_scenarios_quick(tmp_path: Path) -> None:
     assert set(results["scale"]["cases"]) == {str(n) for n in QUICK["scale"]["projects"]}
     for case in results["tokens"]["cases"].values():
         assert case["ok"], case["checks"]
-        assert case["calls_per_project"] == total_calls(parse_shape(case["shape"]))
+        assert case["calls_per_project"] == total_calls(parse_shape(case["shape"]), learning=True)
+        assert case["by_role"]["learning"]["calls"] == specialists(parse_shape(case["shape"]))
         assert case["task_calls_per_task"] == 2
     table = report.rows(results)
     assert len(table) == sum(len(r["cases"]) for r in results.values())

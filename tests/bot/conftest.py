@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +98,10 @@ class Harness:
     def gid(self) -> str:
         return str(self.guild.id)
 
-    async def slash(self, name: str, *, member: Any = None, channel: Any = None, **options: Any) -> list[dict]:
-        return await compat.invoke_slash(self.bot, name, member=member or self.owner, channel=channel or self.general,
-                                         raise_errors=False, **options)
+    async def slash(self, name: str, *, by: Any = None, where: Any = None, **options: Any) -> list[dict]:
+        """Run ``/name option=value ...`` as ``by`` (default: the owner) in ``where`` (default: #TextChannel_0)."""
+        return await compat.invoke_slash(self.bot, name, member=by or self.owner, channel=where or self.general,
+                                         raise_errors=False, options_=options)
 
     async def click(self, message: discord.Message, custom_id: str, *, member: Any = None) -> list[dict]:
         return await compat.click(message, custom_id, member=member or self.owner)
@@ -215,16 +216,25 @@ async def stop_harness(h: Harness) -> None:
     await dpytest.empty_queue()
 
 
-@pytest.fixture
-async def harness(settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Harness]:
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_errors: the test expects errors in the log")
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_errors(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test whose bot, core or discord.py logged an error it did not expect (e.g. a crashed listener)."""
     caplog.set_level(logging.INFO)
+    yield
+    if request.node.get_closest_marker("allow_errors") is None:
+        bad = [r for r in caplog.get_records("call") + caplog.get_records("teardown")
+               if r.levelno >= logging.ERROR and r.name.startswith(("bot", "agency", "discord"))]
+        assert not bad, "unexpected errors logged:\n" + "\n".join(f"{r.name}: {r.getMessage()}" for r in bad)
+
+
+@pytest.fixture
+async def harness(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     h = await start_harness(settings, monkeypatch)
-    h.caplog = caplog  # type: ignore[attr-defined]
-    h.allow_errors = False  # type: ignore[attr-defined]
     try:
         yield h
     finally:
         await stop_harness(h)
-    if not h.allow_errors:  # type: ignore[attr-defined]
-        bad = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("bot", "agency", "discord"))]
-        assert not bad, "unexpected errors logged:\n" + "\n".join(f"{r.name}: {r.getMessage()}" for r in bad)

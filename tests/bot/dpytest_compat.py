@@ -456,8 +456,11 @@ def _resolved(options: dict[str, Any]) -> dict:
 
 
 async def invoke_slash(bot, qualified_name: str, *, channel: Any = 0, member: Any = 0, raise_errors: bool = True,
-                       **options: Any) -> list[dict]:
-    """Simulate a user running ``/qualified_name option=value ...``; returns the recorded responses."""
+                       options_: dict[str, Any] | None = None, **options: Any) -> list[dict]:
+    """Simulate a user running ``/qualified_name option=value ...``; returns the recorded responses.
+
+    ``options_`` carries options whose names clash with this function's own (e.g. ``member``)."""
+    options = {**(options_ or {}), **options}
     cfg = dpytest.get_config()
     channel = cfg.channels[channel] if isinstance(channel, int) else channel
     member = cfg.members[member] if isinstance(member, int) else member

@@ -113,7 +113,7 @@ async def test_the_bot_ignores_its_own_and_webhook_messages(harness):
     assert await h.status(1) != "cancelled"
 
 
-async def test_human_specialist_assigned_todo_submit(settings, monkeypatch):
+async def test_human_specialist_assigned_todo_submit(settings, monkeypatch, tmp_path):
     """A person added to a stream is assigned a task by the PM, mentioned, lists it with /todo and submits it."""
     state: dict[str, str] = {}
 
@@ -154,8 +154,13 @@ async def test_human_specialist_assigned_todo_submit(settings, monkeypatch):
         await dpytest.empty_queue()
         reply = await h.ask(stream2, "/todo", member=h.alice)
         assert "T2" in reply
-        reply = await h.ask(stream2, "/submit T2 Home users need reliability; compare three machines by price and upkeep.", member=h.alice)
-        assert "submitted for review" in reply
+        # the output can come as an attached text file
+        output = tmp_path / "analysis.md"
+        output.write_text("Home users need reliability; compare three machines by price and upkeep.", encoding="utf-8")
+        await dpytest.empty_queue()
+        await dpytest.message("/submit T2", channel=stream2, member=h.alice, attachments=[str(output)])
+        await dpytest.run_all_events()
+        assert "submitted for review" in dpytest.get_message().content
         await h.wait_status(2, "done", timeout=60)
         async with h.service.db.session() as s:
             t = (await s.execute(select(TaskRow).where(TaskRow.project_id == 2, TaskRow.key == "T2"))).scalar_one()

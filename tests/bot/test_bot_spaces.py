@@ -37,7 +37,7 @@ async def test_agency_setup_creates_and_records_hq_and_the_director_role(harness
 
 async def test_agency_setup_needs_manage_server(harness):
     h = harness
-    out = await h.slash("agency setup", member=h.bob)
+    out = await h.slash("agency setup", by=h.bob)
     assert out[0]["ephemeral"] and "Manage Server" in text_of(out)
     assert h.channel("hq") is None
 
@@ -96,7 +96,7 @@ async def test_the_outbox_maps_spaces_in_the_database_and_recreates_deleted_chan
     assert overview.category_id == int(project_row.external_id)
     await overview.delete()  # by hand
     await dpytest.run_all_events()
-    out = await h.slash("project pause", channel=h.channel("hq"))  # posts in #overview
+    out = await h.slash("project pause", where=h.channel("hq"))  # posts in #overview
     assert "paused" in text_of(out)
     await h.service.dispatcher.drain()
     new_row = await _space(h, "overview:1")
@@ -122,9 +122,14 @@ async def test_missing_manage_channels_is_reported_not_a_crash(settings, monkeyp
         # the Director is told once, in #hq, which permission is missing
         warned = await eventually(lambda: [m for m in h.messages(hq) if "Manage Channels" in m["content"]], what="a warning")
         assert len(warned) == 1 and h.bot.director_role(h.guild).mention in warned[0]["content"]
-        async with h.service.db.session() as s:
-            row = (await s.execute(select(MessageRow).where(MessageRow.address == "overview:1").order_by(MessageRow.id))).scalars().first()
-        assert row.status == "pending" and "Manage Channels" in (row.error or "")
+
+        async def first_overview_message() -> MessageRow | None:
+            async with h.service.db.session() as s:
+                row = (await s.execute(select(MessageRow).where(MessageRow.address == "overview:1").order_by(MessageRow.id))).scalars().first()
+            return row if row is not None and row.error else None
+
+        row = await eventually(first_overview_message, what="the delivery error to be recorded")
+        assert row.status == "pending" and "Manage Channels" in row.error
         assert h.category_of(1) is None
         # once granted, the outbox catches up
         perms.manage_channels = True

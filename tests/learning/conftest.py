@@ -1,7 +1,6 @@
 """Fixtures for memory-in-the-work and the Learning Manager: services built by ``agency.wiring``."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from agency.memory import SimpleMemory
 from agency.service import AgencyService
 from agency.settings import load_settings
 from agency.wiring import build_service
-from tests.conftest import AGENCY, DIRECTOR, drive, model_set
+from tests.conftest import AGENCY, model_set
 
 
 @pytest.fixture(scope="session")
@@ -60,14 +59,3 @@ async def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     yield factory
     for svc in made:
         await svc.close()
-
-
-async def run_project(service: AgencyService, objective: str = "Write a short guide to composting for city apartments",
-                      timeout: float = 30.0) -> int:
-    """Run an autonomous project to the end, after-delivery hooks (memory, learning) included."""
-    info = await service.new_project(AGENCY, objective, oversight="autonomous", actor=DIRECTOR)
-    assert await drive(service, info.id, timeout=timeout) == "done"
-    await asyncio.wait_for(service.engine.wait_project(info.id), timeout)
-    await service.dispatcher.drain()
-    return info.id
-

@@ -23,8 +23,7 @@ from agency.memory import SimpleMemory
 from agency.models import Actor
 from agency.schemas import Evaluation
 from tests.conftest import AGENCY, DIRECTOR
-from tests.learning.conftest import run_project
-from tests.learning.scripts import LESSON, MARKER, evaluation
+from tests.learning.helpers import LESSON, MARKER, evaluation, run_project
 
 ALICE = Actor(name="Alice", external_user_id="u-alice", is_director=False)
 
@@ -45,6 +44,12 @@ async def _work_prompts(service: Any, handle: str, project_id: int) -> list[LLMC
     m = await _member(service, handle)
     return await _rows(service, LLMCallRow, LLMCallRow.member_id == m.id, LLMCallRow.project_id == project_id,
                        LLMCallRow.purpose == "work", LLMCallRow.outcome == "ok")
+
+
+async def _join_as_human(service: Any, thread: str) -> None:
+    """Alice joins the stream of ``thread`` (``thread:<stream>:<member>``) as a human specialist."""
+    stream = "stream:" + thread.split(":")[1]
+    assert "human specialist" in await service.add_human(AGENCY, stream, ALICE.external_user_id, "Alice", DIRECTOR)
 
 
 def _system(call: LLMCallRow) -> str:
@@ -97,7 +102,8 @@ async def test_a_director_reaction_and_a_human_correction_become_feedback(build:
     assert await service.record_reaction(AGENCY, msg.address, system_msg.external_id, "👍", DIRECTOR) is None  # not a member
     assert await service.record_reaction(AGENCY, msg.address, "no-such-message", "👍", DIRECTOR) is None
 
-    # a person's correction in the specialist's thread is feedback for that specialist
+    # a human specialist's correction in the specialist's thread is feedback for that specialist
+    await _join_as_human(service, msg.address)
     await service.handle_message(AGENCY, msg.address, ALICE, "Put the conclusion first, then the details.")
 
     rows = await _rows(service, FeedbackRow, FeedbackRow.member_id == writer.id, FeedbackRow.source.in_(("reaction", "human")))
@@ -115,6 +121,7 @@ async def test_feedback_of_every_source_reaches_the_evaluation(build: Any) -> No
     pid = await run_project(service)
     msg = (await _rows(service, MessageRow, MessageRow.persona == "Writer-A", MessageRow.external_id.is_not(None)))[-1]
     await service.record_reaction(AGENCY, msg.address, msg.external_id, "👎", DIRECTOR)
+    await _join_as_human(service, msg.address)
     await service.handle_message(AGENCY, msg.address, ALICE, "Cite the municipal compost rules by name.")
     await service.feedback(AGENCY, "Writer-A", 3, "Too long.", DIRECTOR, project_id=pid)
     await service.close()
@@ -282,6 +289,7 @@ async def test_the_director_evaluates_from_hq(build: Any) -> None:
 
     show = (await service.run_command(AGENCY, "hq", DIRECTOR, "/specialist show Analyst-A")).text
     assert "System message v2" in show and "Latest evaluation (all work): mean 4.0/5" in show and "tasks done" in show
+    assert "Collaboration: " in show and "Adaptability: " in show and show.index("Adaptability: ") < show.index("System message v2")
 
     with pytest.raises(NotFoundError):
         await service.run_command(AGENCY, "hq", DIRECTOR, "/evaluate @Nobody")

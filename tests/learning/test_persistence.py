@@ -9,8 +9,7 @@ from agency.db.tables import ApprovalRow, LLMCallRow, MemberRow, SystemMessageRo
 from agency.llm.scripted import ScriptedModel
 from agency.memory import ChromaMemory
 from tests.conftest import AGENCY, DIRECTOR
-from tests.learning.conftest import run_project
-from tests.learning.scripts import LESSON, MARKER, evaluation
+from tests.learning.helpers import LESSON, MARKER, evaluation, run_project
 
 
 async def _writer_calls(service: Any, project_id: int) -> list[LLMCallRow]:

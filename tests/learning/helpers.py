@@ -1,9 +1,12 @@
-"""Scripted Learning-Manager answers."""
+"""Helpers: run a project to its end; scripted Learning-Manager answers."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from agency.llm.base import ModelRequest
+from agency.service import AgencyService
+from tests.conftest import AGENCY, DIRECTOR, drive
 
 LESSON = "Open every document with a one-paragraph executive summary."
 MARKER = "REVISED: lead with the executive summary, then the details."
@@ -31,3 +34,14 @@ def evaluation(propose_for: tuple[str, ...] = ("Writer-A",)) -> Any:
         }
 
     return answer
+
+
+async def run_project(service: AgencyService, objective: str = "Write a short guide to composting for city apartments",
+                      timeout: float = 30.0) -> int:
+    """Run an autonomous project to the end, after-delivery hooks (memory, learning) included."""
+    info = await service.new_project(AGENCY, objective, oversight="autonomous", actor=DIRECTOR)
+    assert await drive(service, info.id, timeout=timeout) == "done"
+    await asyncio.wait_for(service.engine.wait_project(info.id), timeout)
+    await service.dispatcher.drain()
+    return info.id
+

@@ -1,0 +1,85 @@
+"""A restart: the outbox is delivered exactly once by the new process and old buttons still work."""
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+
+from sqlalchemy import select
+
+from agency.db.tables import MessageRow
+from conftest import eventually, start_harness, stop_harness, text_of
+
+MENTIONS = re.compile(r"^(<@&?\d+> )+")
+
+
+async def _crash(h) -> None:
+    """The process dies: nothing is drained, nothing more is scheduled."""
+    h.chat.closing = True
+    service = h.service
+    await service.dispatcher.stop()
+    await service.engine.stop()
+    if service._status_task is not None:
+        service._status_task.cancel()
+        await asyncio.gather(service._status_task, return_exceptions=True)
+    await service.db.dispose()
+
+
+async def _rows(h, *states: str) -> list[MessageRow]:
+    async with h.service.db.session() as s:
+        return list((await s.execute(select(MessageRow).where(MessageRow.direction == "out", MessageRow.status.in_(states))
+                                     .order_by(MessageRow.id))).scalars())
+
+
+async def test_restart_delivers_the_outbox_once_and_buttons_still_work(settings, monkeypatch):
+    h1 = await start_harness(settings, monkeypatch)
+    await h1.setup_agency()
+    await h1.slash("project new", objective="Write a brief on espresso machines")
+    approaches, aid = await h1.approval_message(1, "approach")
+    await h1.service.dispatcher.stop()  # Discord delivery stops first ...
+    out = await h1.slash("project pause")  # ... so these stay in the outbox
+    assert "paused" in text_of(out)
+    await h1.service.post_status(1)
+    pending_before = await _rows(h1, "pending")
+    assert any("paused by" in r.content for r in pending_before)
+    await _crash(h1)
+    sends_before = len(h1.rec.webhook_sends)
+
+    h2 = await start_harness(settings, monkeypatch, first=False)  # same database, same Discord server
+    try:
+        assert h2.guild.id == h1.guild.id
+
+        async def drained() -> bool:
+            return not await _rows(h2, "pending")
+
+        await eventually(drained, what="the outbox to be delivered")
+        new_sends = h2.rec.webhook_sends[sends_before:]
+        assert [s["content"] for s in new_sends if "paused by" in s["content"]] != []
+        delivered = {r.id: r for r in await _rows(h2, "delivered")}
+        for r in pending_before:
+            assert delivered[r.id].external_id, r.content
+        overview = h2.channel("overview", h2.category_of(1))
+        assert sum("paused by" in m["content"] for m in h2.messages(overview)) == 1
+
+        # the approach buttons posted by the old process work in the new one
+        out = await h2.slash("project resume")
+        assert "resumed" in text_of(out)
+        out = await h2.click(approaches, f"ateams:approve:{aid}:1")
+        assert "Approach 1 chosen" in text_of(out)
+        plan, plan_aid = await h2.approval_message(1, "plan")
+        out = await h2.click(plan, f"ateams:approve:{plan_aid}")
+        assert "Plan approved" in text_of(out)
+        await h2.wait_status(1, "done", timeout=60)
+        await h2.service.dispatcher.drain()
+
+        # no message went out twice, across both processes
+        rows = [r for r in await _rows(h2, "delivered") if r.upsert_key is None and len(r.content) < 1800 and not r.attachment_name]
+        expected = Counter((r.persona, r.content) for r in rows)
+        sent = Counter((s["username"], MENTIONS.sub("", s["content"])) for s in h2.rec.webhook_sends)
+        for key, n in expected.items():
+            assert sent[key] == n, key
+        ids = [r.external_id for r in await _rows(h2, "delivered") if r.upsert_key is None]
+        assert len(ids) == len(set(ids))
+        assert not await _rows(h2, "pending", "failed")
+    finally:
+        await stop_harness(h2)
