@@ -1133,7 +1133,7 @@ class Engine:
             for call, r in zip(calls, results):
                 repos.event(s, pid, "tool_call", task_id=tid, tool=call.tool, ok=r.ok, error=r.error, duration_ms=r.duration_ms)
             await s.commit()
-        out += [{"from": f"tool {r.tool}", "text": r.for_agent()} for r in results]
+        out += [{"from": f"tool {r.tool}", "text": redact(r.for_agent())} for r in results]  # tool output is data from outside: no secrets
         return out
 
     @staticmethod

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import discord
 from discord import app_commands
 
-from bot.cogs.errors import NotDirectorError, NotServerManagerError
+from bot.errors import NotDirectorError, NotServerManagerError
 
 if TYPE_CHECKING:
     from bot.client import AgencyBot

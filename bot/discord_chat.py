@@ -111,6 +111,7 @@ class DiscordChat:
         self.closing = False
         self._ids: dict[tuple[str, str], int] = {}  # (agency, address) -> Discord id
         self._addresses: dict[int, str] = {}  # Discord id -> address
+        self._not_ours: set[int] = set()  # channels known not to be the agency's (no database lookup per message)
         self._hooks: dict[int, discord.Webhook] = {}  # channel id -> our webhook
         self._pacers: dict[int, Pacer] = {}
         self._create_locks: dict[int, asyncio.Lock] = {}
@@ -155,6 +156,7 @@ class DiscordChat:
             self._addresses.pop(old, None)
         self._ids[(agency, address)] = discord_id
         self._addresses[discord_id] = address
+        self._not_ours.discard(discord_id)
 
     def forget(self, discord_id: int) -> None:
         """A channel or thread was deleted: drop it (it is created again on the next message)."""
@@ -170,7 +172,7 @@ class DiscordChat:
         if self.store is None:
             return None
         for cid in (channel.id, getattr(channel, "parent_id", None)):
-            if cid is None:
+            if cid is None or cid in self._not_ours:
                 continue
             address = self._addresses.get(cid)
             if address is None:
@@ -179,6 +181,9 @@ class DiscordChat:
                     self._remember(str(guild_id), address, cid)
             if address is not None:
                 return address
+            if len(self._not_ours) > 50_000:
+                self._not_ours.clear()
+            self._not_ours.add(cid)
         return None
 
     def channel_id_of(self, agency_external_id: str, address: str) -> int | None:
@@ -233,10 +238,10 @@ class DiscordChat:
             raise AgencyError(f"The parent of {space.address} ({space.parent}) does not exist yet.")
         return parent
 
-    def _check(self, where: Any, *perms: str) -> None:
+    def _check(self, where: discord.abc.GuildChannel, *perms: str) -> None:
         missing = missing_in(where, *perms)
         if missing:
-            raise DiscordPermissionError(missing, f"#{where.name}" if hasattr(where, "name") and not isinstance(where, discord.Guild) else "")
+            raise DiscordPermissionError(missing, f"#{where.name}")
 
     async def _create(self, guild: discord.Guild, space: SpaceSpec) -> Any:
         try:
@@ -280,15 +285,14 @@ class DiscordChat:
             return await parent.create_thread(name=name, type=discord.ChannelType.public_thread,
                                               auto_archive_duration=THREAD_ARCHIVE_MINUTES, reason=reason)
         # overview, stream: a text channel in the project's category
+        if not isinstance(parent, discord.CategoryChannel):
+            raise AgencyError(f"The parent of {space.address} is not a category.")
         name = channel_name(space.name or space.address)
-        if isinstance(parent, discord.CategoryChannel):
-            found = discord.utils.find(lambda c: c.name == name, parent.text_channels)
-            if found is not None:
-                return found
-            self._check(parent, "manage_channels")
-            return await parent.create_text_channel(name, topic=topic or None, reason=reason)
-        self._check(guild.text_channels[0] if guild.text_channels else None, "manage_channels")
-        return await guild.create_text_channel(name, topic=topic or None, reason=reason)
+        found = discord.utils.find(lambda c: c.name == name, parent.text_channels)
+        if found is not None:
+            return found
+        self._check(parent, "manage_channels")
+        return await parent.create_text_channel(name, topic=topic or None, reason=reason)
 
     # -- the Director is told once -----------------------------------------------------------------
     async def warn_once(self, guild: discord.Guild, key: str, text: str) -> None:
@@ -298,6 +302,9 @@ class DiscordChat:
         self._warned.add((guild.id, key))
         log.warning("guild %s: %s", guild.id, text)
         hq_id = self._ids.get((str(guild.id), "hq"))
+        if hq_id is None and self.store is not None:
+            stored = await self.store.space_external_id(str(guild.id), "hq")
+            hq_id = int(stored) if stored and stored.isdigit() else None
         channel = guild.get_channel(hq_id) if hq_id else None
         channel = channel or guild.system_channel
         if not isinstance(channel, discord.TextChannel) or missing_in(channel, "send_messages"):

@@ -64,7 +64,7 @@ def split_message(text: str, limit: int = LIMIT) -> list[str]:
     for line in text.splitlines(keepends=True):
         pieces = [line] if len(line) <= room else _hard_split(line, room)
         for piece in pieces:
-            is_fence, after = _fence_toggle(piece, fence) if len(pieces) == 1 else (False, fence)
+            after = _fence_toggle(piece, fence)[1] if len(pieces) == 1 else fence
             need = len(cur) + len(piece) + (_RESERVE if after is not None else 0)
             if need > limit and cur[len(head):].strip():
                 chunks.append(close(cur))

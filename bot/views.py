@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.cogs.errors import reply_error
+from bot.errors import reply_error
 
 if TYPE_CHECKING:
     from bot.client import AgencyBot

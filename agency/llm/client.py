@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -252,7 +252,9 @@ class LLMClient:
             await self._record_error(ctx, request, e.user_message, started)
             raise
         ctx.meta["_latency_ms"] = (time.perf_counter() - started) * 1000
-        return reply
+        # a secret a model repeats (read from a tool, a prompt, a document) stops here, before it reaches
+        # any record, message, log or later prompt
+        return replace(reply, text=redact(reply.text))
 
     async def _recorded(self, key: str, schema: type[T]) -> T | None:
         async with self.db.session() as s:

@@ -16,7 +16,7 @@ import discord
 from discord.ext import commands
 
 from agency.errors import AgencyError
-from bot.cogs.errors import describe_error
+from bot.errors import describe_error
 from bot.text import split_message
 
 if TYPE_CHECKING:

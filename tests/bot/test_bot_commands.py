@@ -11,7 +11,7 @@ from discord.ext.test import backend as back
 from discord.ext.test import factories as facts
 
 import dpytest_compat as compat
-from conftest import start_harness, stop_harness, text_of
+from bot_harness import start_harness, stop_harness, text_of
 
 DIRECTOR_COMMANDS = [
     ("project new", {"objective": "Write a brief on espresso machines"}),

@@ -10,7 +10,7 @@ import pytest
 from agency.ports import OutboundMessage, SpaceSpec
 from bot.permissions import needed_permissions
 import dpytest_compat as compat
-from conftest import start_harness, stop_harness
+from bot_harness import start_harness, stop_harness
 
 _ids = itertools.count(1000)
 

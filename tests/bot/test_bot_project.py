@@ -5,7 +5,7 @@ import discord
 from sqlalchemy import func, select
 
 from agency.db.tables import MessageRow, SpaceRow
-from conftest import text_of
+from bot_harness import text_of
 
 
 async def test_whole_project_through_the_bot(harness):

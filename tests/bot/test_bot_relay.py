@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from agency.db.tables import FeedbackRow, MemberRow, MessageRow, SpaceRow, TaskRow
 from agency.llm.scripted import ScriptedModel
 from agency.llm.simulated import SimulatedModel
-from conftest import eventually, scripted_models, start_harness, stop_harness
+from bot_harness import eventually, scripted_models, start_harness, stop_harness
 
 
 async def _running_project(h) -> dict[str, discord.abc.Messageable]:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from agency.db.tables import AgencyRow, MessageRow, SpaceRow
 from agency.ports import SpaceSpec
 from bot.permissions import needed_permissions
-from conftest import eventually, start_harness, stop_harness, text_of
+from bot_harness import eventually, start_harness, stop_harness, text_of
 
 
 async def _space(h, address: str) -> SpaceRow | None:

@@ -95,6 +95,23 @@ async def test_metrics_endpoint_on_loopback_shows_counters_moving(make_service, 
     assert metrics.server is None
 
 
+async def test_the_built_service_serves_metrics_when_a_port_is_set(settings) -> None:
+    from agency.wiring import build_service
+    from tests.conftest import model_set
+
+    port = free_port()
+    cfg = settings.model_copy(update={"metrics": MetricsSettings(port=port)})
+    service = await build_service(cfg, ConsoleChat(quiet=True), models=model_set(ScriptedModel()))
+    try:
+        assert service.metrics.server.url == f"http://127.0.0.1:{port}/metrics"
+        await service.metrics.refresh()
+        samples = await asyncio.to_thread(_scrape, service.metrics.server.url)
+        assert ("ateams_projects", (("state", "running"),)) in samples and ("ateams_outbox_depth", ()) in samples
+    finally:
+        await service.close()
+    assert service.metrics.server is None
+
+
 async def test_metrics_are_off_by_default_and_registries_are_independent(make_service, settings) -> None:
     assert settings.metrics.port == 0
     service = await make_service(ScriptedModel())
