@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency import commands as cmdlib
@@ -29,6 +30,7 @@ from agency.db.session import Database
 from agency.db.tables import (
     AgencyRow,
     ApprovalRow,
+    EventRow,
     ApproachRow,
     FeedbackRow,
     MemberRow,
@@ -127,6 +129,12 @@ class Engine:
             self.spawn(pid)
         if ids:
             log.info("resumed %d project(s): %s", len(ids), ids)
+        if self.on_project_done:
+            async with self.db.session() as s:
+                finished = select(EventRow.project_id).where(EventRow.kind == "after_delivery_done")
+                cut = list((await s.execute(select(ProjectRow.id).where(ProjectRow.status == "done", ProjectRow.id.not_in(finished)))).scalars())
+            for pid in cut:  # delivered, but the process stopped before memory and learning ran
+                self._runners[pid] = asyncio.create_task(self._after_delivery(pid), name=f"after-delivery-{pid}")
         return ids
 
     def spawn(self, project_id: int) -> None:
@@ -475,8 +483,14 @@ class Engine:
             return m
         m = MemberRow(agency_id=agency_id, handle=handle, kind=kind, role=role,
                       definition=definition.model_dump() if definition else None)
-        s.add(m)
-        await s.flush()
+        try:
+            async with s.begin_nested():
+                s.add(m)
+        except IntegrityError:  # created meanwhile by a concurrent project of the same agency
+            existing = await repos.member_by_handle(s, agency_id, handle)
+            if existing is None:
+                raise
+            return existing
         if definition is not None:
             s.add(SystemMessageRow(member_id=m.id, version=1, text=specialist_system_message(handle, definition),
                                    status="active", reason="created from the definition"))
@@ -1080,11 +1094,18 @@ class Engine:
             post(s, p.agency_id, pid, "hq", PM_HANDLE, f"Project #{pid} delivered: {result.title}")
             repos.event(s, pid, "delivered", title=result.title, tokens=tokens, cost_usd=cost)
             await self._commit(s, pid)
+        await self._after_delivery(pid)
+
+    async def _after_delivery(self, pid: int) -> None:
+        """Run the after-delivery hooks (memory, learning); recorded so a restart finishes what a crash cut short."""
         for hook in self.on_project_done:
             try:
                 await hook(pid)
             except Exception:
                 log.exception("project-done hook failed (project=%s)", pid)
+        async with self.db.session() as s:
+            repos.event(s, pid, "after_delivery_done")
+            await s.commit()
 
     def render_deliverable(self, p: ProjectRow, d: Deliverable, outputs: dict[str, dict[str, str]], tokens: int, cost: float, calls: int) -> str:
         banner = f"> {NOTICE} This is a dry run: every text below was simulated to exercise the orchestration.\n\n" if self.llm.simulated else ""

@@ -67,3 +67,41 @@ async def _status(service, pid: int) -> str:  # noqa: ANN001
         st = (await s.get(ProjectRow, pid)).status
     await db.dispose()
     return st
+
+
+async def test_after_delivery_hooks_finish_after_a_restart(make_service) -> None:
+    """Delivered, then the process died before memory and learning ran: the next start runs them."""
+    from sqlalchemy import delete
+
+    from agency.db.tables import EventRow
+
+    first = await make_service()
+    info = await first.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
+    assert await drive(first, info.id) == "done"
+    await wait_for(lambda: _has_event(first, info.id))
+    await first.close()
+    async with first.db.session() as s:  # simulate the crash: the hooks never completed
+        await s.execute(delete(EventRow).where(EventRow.kind == "after_delivery_done"))
+        await s.commit()
+    ran: list[int] = []
+
+    async def hook(pid: int) -> None:
+        ran.append(pid)
+
+    second = await make_service(start=False)
+    second.engine.on_project_done.append(hook)
+    await second.start()
+    await wait_for(lambda: ran == [info.id])
+    await wait_for(lambda: _has_event(second, info.id))
+    third = await make_service(start=False)
+    third.engine.on_project_done.append(hook)
+    await third.start()
+    await asyncio.sleep(0.2)
+    assert ran == [info.id]  # not run again once recorded
+
+
+async def _has_event(service, pid: int) -> bool:  # noqa: ANN001
+    from agency.db.tables import EventRow
+
+    async with service.db.session() as s:
+        return (await s.execute(select(EventRow.id).where(EventRow.project_id == pid, EventRow.kind == "after_delivery_done"))).first() is not None
