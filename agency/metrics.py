@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 
 from agency.db.tables import EventRow, LLMCallRow, MessageRow, ProjectRow, TaskRow
+from agency.errors import SettingsError
 from agency.models import PROJECT_STATES, TASK_STATES
 
 if TYPE_CHECKING:
@@ -243,8 +244,14 @@ def install_metrics(service: AgencyService, *, registry: CollectorRegistry | Non
     """
     if not service.settings.metrics.port:
         return None
-    metrics = AgencyMetrics(registry).attach(service)
-    metrics.server = start_metrics_server(service.settings, metrics.registry)
+    metrics = AgencyMetrics(registry)
+    m = service.settings.metrics
+    try:
+        metrics.server = start_metrics_server(service.settings, metrics.registry)
+    except OSError as e:
+        raise SettingsError(f"Cannot serve metrics on {m.host}:{m.port} ({e.strerror or e}); change `metrics.port` "
+                            "(env ATEAMS_METRICS__PORT) or set it to 0 to turn metrics off.") from None
+    metrics.attach(service)
     service.metrics = metrics  # type: ignore[attr-defined]
     close = service.close
 

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 from agency.console import ConsoleChat
 from agency.db.tables import LLMCallRow, MessageRow, ProjectRow, TaskRow
-from agency.models import TERMINAL, Actor
+from agency.models import Actor
 from agency.service import AgencyService
 from agency.wiring import build_service
 from agency.settings import load_settings
@@ -280,20 +280,22 @@ async def _run_projects(service: AgencyService, shape: Shape, n: int, timeout: f
         pids.append(info.id)
     if timing is not None:
         timing["create_s"] = time.perf_counter() - t0
-    # each project's runner ends when the project does; a blocked project's runner waits for the
-    # Director, so every second look for projects that stopped without ending
-    runners = [asyncio.ensure_future(service.engine.wait_project(p)) for p in pids]
+    # each project's runner ends after the project (and its on-done hooks: the Learning Manager);
+    # a blocked project's runner waits for the Director, so every second look for runners whose
+    # project waits for someone
+    runners = {asyncio.ensure_future(service.engine.wait_project(p)): p for p in pids}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             _, pending = await asyncio.wait(runners, timeout=1.0)
             if not pending:
                 break
+            waiting = {runners[r] for r in pending}
             async with service.db.session() as s:
-                open_ = (await s.execute(select(func.count(ProjectRow.id)).where(
-                    ProjectRow.id.in_(pids), ProjectRow.status.not_in((*TERMINAL, "blocked", "paused"))))).scalar()
-            if not open_:
-                log.error("some projects stopped without finishing (blocked or paused)")
+                stuck = (await s.execute(select(func.count(ProjectRow.id)).where(
+                    ProjectRow.id.in_(waiting), ProjectRow.status.in_(_WAITING)))).scalar()
+            if stuck == len(waiting):
+                log.error("%d project(s) stopped without finishing (blocked, paused or awaiting the Director)", stuck)
                 break
         else:
             log.error("projects did not finish within %s s", timeout)
@@ -301,6 +303,9 @@ async def _run_projects(service: AgencyService, shape: Shape, n: int, timeout: f
         for r in runners:
             r.cancel()
     return pids
+
+
+_WAITING = ("blocked", "paused", "awaiting_approach", "awaiting_plan")
 
 
 async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, handler: RoleHandler, shape: Shape,

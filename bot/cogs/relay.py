@@ -99,6 +99,8 @@ class Relay(commands.Cog):
                 target = where
                 ext = bot.chat.channel_id_of(gid, where) or await bot.service.space_external_id(gid, where)
                 note = f"Passed to @{handle}" + (f" in <#{ext}>." if ext else ".")
+        if target == "hq":
+            return None  # plain talk in #hq is between people; `@PM ...` or a command reaches the team
         async with message.channel.typing():
             result = await bot.service.handle_message(gid, target, actor, text)
         return result.text if result is not None else note

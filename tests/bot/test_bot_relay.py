@@ -45,7 +45,7 @@ async def test_human_messages_reach_the_right_member(harness):
         collab = await s.get(MemberRow, (await s.get(StreamRow, int(stream_addr.split(":")[1]))).collaborator_id)
 
     for channel, who in ((thread, specialist.handle), (stream, collab.handle), (overview, "PM")):
-        before = len(h.sends(message_id=None)) or len(h.rec.webhook_sends)
+        before = len(h.rec.webhook_sends)
         await h.say(channel, "Please keep it under one page.")
         # the addressed member answers in the same place, under its own name
         reply = await eventually(lambda: [s for s in h.rec.webhook_sends[before:] if s["username"] == who
@@ -184,3 +184,16 @@ async def test_a_thread_nobody_declared_counts_as_its_channel(harness):
     async with h.service.db.session() as s:
         n = (await s.execute(select(func.count(MessageRow.id)).where(MessageRow.direction == "in"))).scalar()
     assert n == 1
+
+
+async def test_hq_talk_stays_between_people_but_at_pm_reaches_the_pm(harness):
+    h = harness
+    await _running_project(h)
+    hq = h.channel("hq")
+    assert await h.ask(hq, "Lunch at noon?") == ""
+    assert await _inbound(h) == []
+    before = len(h.rec.webhook_sends)
+    reply = await h.ask(hq, "@PM how is it going?")
+    assert "Passed to @PM" in reply
+    assert (await _inbound(h))[-1].address == "overview:1"
+    await eventually(lambda: any(s["username"] == "PM" for s in h.rec.webhook_sends[before:]), what="the PM to answer")

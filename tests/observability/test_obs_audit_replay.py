@@ -139,4 +139,4 @@ async def test_a_missing_record_is_the_first_divergence(make_service, settings) 
     result = await replay_project(settings, service.settings.db_url, pid, timeout=60)
     assert not result.ok
     assert result.first_divergence.endswith("(collaborator review task:T1:a0:r0:review): no recorded answer"), result.divergences
-    assert result.replay_status == "running"  # the replay stops at the first missing answer
+    assert result.replay_status in ("running", "blocked")  # it stops at the first missing answer, never done

@@ -5,13 +5,17 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import urllib.request
+
+import pytest
 
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from agency.console import ConsoleChat
 from agency.db.repos import overview
+from agency.errors import SettingsError
 from agency.llm.scripted import ScriptedModel
 from agency.logs import configure_logging
 from agency.metrics import AgencyMetrics, install_metrics, serve_metrics, start_metrics_server
@@ -35,10 +39,12 @@ async def test_one_status_message_per_project_edited_in_place(make_service) -> N
 
     for pid in (a.id, b.id):
         await wait_for(lambda pid=pid: final_edit(pid))
+    for pid in (a.id, b.id):
         sent = [m for m in chat.sent if m.kind == "status" and m.upsert_key == f"status:{pid}"]
         edits = [(ext, m) for ext, m in chat.edits if m.upsert_key == f"status:{pid}"]
         assert len(sent) == 1  # posted once ...
-        assert len(edits) >= 2 and {ext for ext, _ in edits} == {f"console-{sent[0].id}"}  # ... then edited, always that message
+        # ... then edited, always that message (updates are debounced, so a fast project may need only a few)
+        assert len(edits) >= 1 and {ext for ext, _ in edits} == {f"console-{sent[0].id}"}
         assert sent[0].space.address == overview(pid)
         last = edits[-1][1].content
         for part in ("#research:", "#production:", "Spend: $", "tokens in", "s elapsed"):
@@ -126,6 +132,14 @@ async def test_metrics_are_off_by_default_and_registries_are_independent(make_se
         assert one.registry.get_sample_value("ateams_llm_calls_total", {"model": "m", "tier": "fast", "role": "pm", "purpose": "plan", "outcome": "ok"}) is None
     finally:
         server.stop()
+    with socket.socket() as busy:  # a port in use is a settings error that names the key
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = settings.model_copy(update={"metrics": MetricsSettings(port=busy.getsockname()[1])})
+        service2 = await make_service(ScriptedModel(), cfg=cfg)
+        with pytest.raises(SettingsError, match="metrics.port"):
+            install_metrics(service2)
+        assert service2.llm.observers == [] and not hasattr(service2, "metrics")  # nothing half-installed
 
 
 # -- logs ------------------------------------------------------------------------------------------------

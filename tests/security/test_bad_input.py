@@ -111,7 +111,7 @@ def test_plan_validator_never_raises_and_always_says_what_to_fix(settings) -> No
         assert all(t.stream in keys and set(t.depends_on) <= tids for t in plan.tasks)
 
     @given(plans(), st.booleans())
-    @hsettings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     def prop(data: dict[str, Any], budget: bool) -> None:
         loop.run_until_complete(check(data, budget))
 
