@@ -94,7 +94,27 @@ def _stop_on_signals(stopped: list[int]) -> None:
             pass
 
 
-async def _run(settings, objective, oversight, auto_approve, out, budget, quiet) -> int:  # noqa: ANN001
+@app.command()
+def resume(
+    project: int = typer.Argument(..., help="The project number, e.g. 3."),
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve every gate automatically."),
+    out: Path = typer.Option(Path("deliverables"), help="Folder for the deliverable Markdown file."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the database and memory live (default: .ateams)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the progress and the result."),
+) -> None:
+    """Follow an unfinished project (after Ctrl-C, SIGTERM or a crash) to its end in the terminal."""
+    from agency.logs import configure_logging
+
+    settings = _settings(**({"data_dir": data_dir} if data_dir is not None else {}))
+    configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    try:
+        code = asyncio.run(_run(settings, None, settings.engine.default_oversight, auto_approve, out, None, quiet, project_id=project))
+    except AgencyError as e:
+        _fail(e)
+    raise typer.Exit(code)
+
+
+async def _run(settings, objective, oversight, auto_approve, out, budget, quiet, project_id=None) -> int:  # noqa: ANN001
     from agency.console import ConsoleChat, run_console_project
     from agency.service import AgencyService
     from agency.wiring import build_service
@@ -111,7 +131,7 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet)
     _stop_on_signals(stopped)
     try:
         pid, status, path = await run_console_project(service, chat, objective, oversight=oversight, auto_approve=auto_approve,
-                                                      out_dir=out, budget_usd=budget)
+                                                      out_dir=out, budget_usd=budget, project_id=project_id)
     except asyncio.CancelledError:
         if not stopped:
             raise
@@ -121,7 +141,8 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet)
         import signal
 
         name = signal.Signals(stopped[0]).name
-        err.print(f"Stopped by {name}: the project is saved and resumes the next time the agency starts with this data directory.")
+        err.print(f"Stopped by {name}: the project is saved; continue it with `ateams resume <project>` "
+                  "(it also resumes whenever the agency starts with this data directory).")
         return 128 + stopped[0]
     finally:
         if not closed:

@@ -123,13 +123,23 @@ class _StdinReader:
                 await asyncio.sleep(0.1)
 
 
-async def run_console_project(service, chat: ConsoleChat, objective: str, *, oversight: str, auto_approve: bool,
-                              out_dir: Path, budget_usd: float | None = None) -> tuple[int, str, Path | None]:
-    """Run one project to its end in the terminal. Returns (project id, final status, deliverable path)."""
+async def run_console_project(service, chat: ConsoleChat, objective: str | None, *, oversight: str, auto_approve: bool,
+                              out_dir: Path, budget_usd: float | None = None, project_id: int | None = None) -> tuple[int, str, Path | None]:
+    """Run one project (a new one, or ``project_id`` resumed) to its end in the terminal.
+
+    Returns (project id, final status, deliverable path)."""
     con = chat.console
     await service.ensure_agency(CONSOLE_AGENCY, "Terminal agency")
-    await service.start()
-    info = await service.new_project(CONSOLE_AGENCY, objective, oversight=oversight, budget_usd=budget_usd, actor=DIRECTOR)
+    if project_id is not None:
+        info = await service.project(project_id)  # NotFoundError names the project
+        objective = info.objective
+        await service.start()
+        if info.status in ("paused", "blocked"):
+            con.print(escape(await service.resume(project_id, DIRECTOR)))
+        con.print(f"[dim]Following project #{project_id} ({escape(info.status)}).[/dim]")
+    else:
+        await service.start()
+        info = await service.new_project(CONSOLE_AGENCY, objective or "", oversight=oversight, budget_usd=budget_usd, actor=DIRECTOR)
     pid = info.id
     reader = None if auto_approve else _StdinReader()
     deferred: list[str] = []
@@ -141,7 +151,11 @@ async def run_console_project(service, chat: ConsoleChat, objective: str, *, ove
         if status in TERMINAL:
             break
         if status == "blocked" and auto_approve:
-            con.print(f"[red]Project #{pid} is blocked: {escape((await service.project(pid)).error or '')}[/red]")
+            con.print(f"[red]Project #{pid} is blocked: {escape((await service.project(pid)).error or '')}[/red]\n"
+                      f"Fix the cause, then `ateams resume {pid}`.", soft_wrap=True)
+            break
+        if status == "paused" and reader is None and not deferred:
+            con.print(f"[yellow]Project #{pid} is paused; continue it with `ateams resume {pid}`.[/yellow]", soft_wrap=True)
             break
         try:
             appr = chat.approvals.get_nowait()
@@ -194,7 +208,7 @@ async def run_console_project(service, chat: ConsoleChat, objective: str, *, ove
     md = await service.deliverable(pid)
     if md:
         out_dir.mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^a-z0-9]+", "-", objective.lower()).strip("-")[:40] or "deliverable"
+        slug = re.sub(r"[^a-z0-9]+", "-", (objective or "").lower()).strip("-")[:40] or "deliverable"
         path = out_dir / f"project-{pid}-{slug}.md"
         path.write_text(md, encoding="utf-8")
     await cost_report(service, pid, con)

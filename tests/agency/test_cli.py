@@ -60,3 +60,15 @@ def test_bad_settings_stop_with_the_key_named(tmp_path: Path) -> None:
 def test_bad_oversight_is_refused(tmp_path: Path) -> None:
     r = _ateams(tmp_path, "run", "--oversight", "sometimes", OBJECTIVE, timeout=60)
     assert r.returncode == 2 and "--oversight must be one of" in r.stderr
+
+
+def test_pause_then_resume_from_the_terminal(tmp_path: Path) -> None:
+    args = ("--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out"))
+    r = _ateams(tmp_path, "run", "--quiet", OBJECTIVE, *args, stdin="/project pause\n")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "paused; continue it with `ateams resume 1`" in r.stdout
+    r2 = _ateams(tmp_path, "resume", "1", "--auto-approve", "--quiet", *args)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert "resumed" in r2.stdout and r2.stdout.strip().splitlines()[-1].startswith("Project #1 done. Deliverable:")
+    r3 = _ateams(tmp_path, "resume", "7", *args)
+    assert r3.returncode == 1 and "no project #7" in r3.stderr
