@@ -76,6 +76,13 @@ def _child(name: str, params: dict[str, Any]) -> None:
     print(MARK + json.dumps(result, default=str), flush=True)
 
 
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the smallest sizes (seconds, not minutes)")
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(args.compare.read_text(encoding="utf-8"))  # read first: latest.json gets overwritten
     sizes = QUICK if args.quick else FULL
     results: dict[str, Any] = {}
+    load_before = _loadavg()
     started = time.perf_counter()
     for name, params in _jobs(sizes, args.only):
         t = time.perf_counter()
@@ -114,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "seconds": round(elapsed, 1),
             "machine": report.machine(),
+            # other work on the machine inflates every figure: compare runs made at a low load
+            "load_avg_1min": {"before": load_before, "after": _loadavg()},
             "sizes": {k: v for k, v in sizes.items() if not args.only or k in args.only},
             "targets": report.TARGETS,
         },
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         m = document["meta"]["machine"]
         print(f"A-TEAMs benchmarks{' (quick)' if args.quick else ''}: {m['cpu']}, {m['cores']} cores, "
               f"{m['memory_gb']} GB, Python {m['python']}, commit {m['commit']}{' (dirty)' if m['dirty'] else ''}; "
-              f"{elapsed:.0f} s\n")
+              f"{elapsed:.0f} s; load average {load_before} before, {_loadavg()} after\n")
         print(report.render(table))
         if previous is not None:
             print(f"\nCompared with {args.compare} ({previous.get('meta', {}).get('when', '?')}, "
