@@ -78,7 +78,7 @@ def _child(name: str, params: dict[str, Any]) -> None:
 
 def _loadavg() -> float | None:
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 2)
     except OSError:  # pragma: no cover
         return None
 

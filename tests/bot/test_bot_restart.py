@@ -13,16 +13,21 @@ from bot_harness import eventually, start_harness, stop_harness, text_of
 MENTIONS = re.compile(r"^(<@&?\d+> )+")
 
 
-async def _crash(h) -> None:
-    """The process dies: nothing is drained, nothing more is scheduled."""
-    h.chat.closing = True
+async def _quiesce(h) -> None:
+    """Stop scheduling and delivering at a clean point (nothing half-sent), so the test knows what is pending."""
     service = h.service
-    await service.dispatcher.stop()
     await service.engine.stop()
     if service._status_task is not None:
         service._status_task.cancel()
         await asyncio.gather(service._status_task, return_exceptions=True)
-    await service.db.dispose()
+    await service.dispatcher.drain()
+    await service.dispatcher.stop()
+
+
+async def _crash(h) -> None:
+    """The process dies: nothing is drained any more."""
+    h.chat.closing = True
+    await h.service.db.dispose()
 
 
 async def _rows(h, *states: str) -> list[MessageRow]:
@@ -36,7 +41,7 @@ async def test_restart_delivers_the_outbox_once_and_buttons_still_work(settings,
     await h1.setup_agency()
     await h1.slash("project new", objective="Write a brief on espresso machines")
     approaches, aid = await h1.approval_message(1, "approach")
-    await h1.service.dispatcher.stop()  # Discord delivery stops first ...
+    await _quiesce(h1)  # Discord delivery stops first ...
     out = await h1.slash("project pause")  # ... so these stay in the outbox
     assert "paused" in text_of(out)
     await h1.service.post_status(1)
