@@ -29,6 +29,7 @@ class OutboxDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = False
+        self._spaces: dict[tuple[int, str], tuple[SpaceSpec, str]] = {}
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -98,6 +99,15 @@ class OutboxDispatcher:
                     return sent
 
     async def _space(self, agency_id: int, address: str) -> tuple[SpaceSpec, str]:
+        """The space of an address, materialised by the adapter (cached; a failed send evicts it)."""
+        hit = self._spaces.get((agency_id, address))
+        if hit is not None:
+            return hit
+        resolved = await self._resolve_space(agency_id, address)
+        self._spaces[(agency_id, address)] = resolved
+        return resolved
+
+    async def _resolve_space(self, agency_id: int, address: str) -> tuple[SpaceSpec, str]:
         async with self.db.session() as s:
             agency = await s.get(AgencyRow, agency_id)
             row = (await s.execute(select(SpaceRow).where(SpaceRow.agency_id == agency_id, SpaceRow.address == address))).scalar_one_or_none()
@@ -149,6 +159,7 @@ class OutboxDispatcher:
             raise
         except Exception as e:
             log.warning("delivery of message %s to %s failed: %s", row.id, row.address, e)
+            self._spaces.pop((row.agency_id, row.address), None)  # re-resolve (e.g. a channel deleted by hand)
             async with self.db.session() as s, s.begin():
                 r = await s.get(MessageRow, row.id)
                 if r is not None:

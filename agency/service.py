@@ -198,6 +198,7 @@ class AgencyService:
             await s.commit()
             info = self._info(p)
         self._started_at[info.id] = asyncio.get_running_loop().time()
+        self.llm.fresh_projects.add(info.id)
         self.engine.outbox_ready.set()
         self.engine.spawn(info.id)
         return info
@@ -311,7 +312,7 @@ class AgencyService:
         while True:
             await self._status_event.wait()
             self._status_event.clear()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)  # debounce: at most two edits a second per project
             dirty, self._status_dirty = self._status_dirty, set()
             for pid in dirty:
                 try:

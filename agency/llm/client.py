@@ -27,6 +27,7 @@ from agency.db.tables import LLMCallRow
 from agency.errors import LLMError, LLMOutputError, TransientModelError
 from agency.llm.base import ChatModel, ModelReply, ModelRequest
 from agency.llm.usage import cost_usd, estimate_tokens
+from agency.roles.common import json_schema
 from agency.logs import redact
 from agency.settings import Settings
 
@@ -154,6 +155,9 @@ class LLMClient:
         self.budget_check: BudgetCheck | None = None  # set by the engine
         self.observers: list[CallObserver] = []  # metrics, live status
         self.calls_made = 0  # physical calls made by this process (not answered from the record)
+        # projects created by this process: a recorded answer for one of their keys can only be one recorded here
+        self.fresh_projects: set[int] = set()
+        self._keys_recorded: set[str] = set()
         self.breaker = CircuitBreaker(settings.llm.circuit_failures, settings.llm.circuit_cooldown_seconds)
 
     @property
@@ -161,7 +165,7 @@ class LLMClient:
         return self.models.simulated
 
     async def call(self, schema: type[T], messages: list[dict[str, str]], ctx: CallContext) -> T:
-        if ctx.call_key:
+        if ctx.call_key and self._may_be_recorded(ctx):
             cached = await self._recorded(ctx.call_key, schema)
             if cached is not None:
                 return cached
@@ -172,7 +176,7 @@ class LLMClient:
         request = ModelRequest(
             messages=messages,
             schema_name=schema.__name__,
-            json_schema=schema.model_json_schema(),
+            json_schema=json_schema(schema),
             model=model,
             role=ctx.role,
             purpose=ctx.purpose,
@@ -256,6 +260,12 @@ class LLMClient:
         # any record, message, log or later prompt
         return replace(reply, text=redact(reply.text))
 
+    def _may_be_recorded(self, ctx: CallContext) -> bool:
+        """Skip the database lookup when no recorded answer can exist (the common case, saving a query per call)."""
+        if ctx.project_id is None or ctx.project_id not in self.fresh_projects:
+            return True
+        return ctx.call_key in self._keys_recorded
+
     async def _recorded(self, key: str, schema: type[T]) -> T | None:
         async with self.db.session() as s:
             row = (
@@ -310,6 +320,8 @@ class LLMClient:
         )
         async with self.db.session() as s, s.begin():
             s.add(row)
+        if row.call_key:
+            self._keys_recorded.add(row.call_key)
         for obs in self.observers:
             try:
                 obs(row)

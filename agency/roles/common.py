@@ -1,6 +1,7 @@
 """What every role's prompt shares."""
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -25,8 +26,15 @@ def clip(text: str | None, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 20] + "\n...[truncated]"
 
 
+@functools.cache
+def json_schema(schema: type[BaseModel]) -> dict:
+    """The model's JSON schema, built once per class (it is costly: milliseconds for WorkPlan)."""
+    return schema.model_json_schema()
+
+
+@functools.cache
 def schema_hint(schema: type[BaseModel]) -> str:
-    return json.dumps(schema.model_json_schema(), separators=(",", ":"))[:6000]
+    return json.dumps(json_schema(schema), separators=(",", ":"))[:6000]
 
 
 def system_prompt(identity: str, schema: type[BaseModel], *, role: str | None = None, extra: str = "") -> str:

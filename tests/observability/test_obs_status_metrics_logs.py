@@ -27,7 +27,7 @@ from tests.observability.obs_helpers import OBJECTIVE, free_port
 # -- live status ------------------------------------------------------------------------------------
 async def test_one_status_message_per_project_edited_in_place(make_service) -> None:
     chat = ConsoleChat(quiet=True)
-    service = await make_service(ScriptedModel(delay=0.01), chat=chat)
+    service = await make_service(ScriptedModel(delay=0.1), chat=chat)  # long enough to span several status updates
     a = await service.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
     b = await service.new_project(AGENCY, "Plan a neighbourhood seed swap", oversight="plan", actor=DIRECTOR)
     assert await drive(service, a.id) == "done"
@@ -79,6 +79,9 @@ async def test_metrics_endpoint_on_loopback_shows_counters_moving(make_service, 
     assert _total(before, "ateams_llm_calls_total") == 0
     info = await service.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
     assert await drive(service, info.id) == "done"
+    await wait_for(lambda: any(m.kind == "status" for m in service.chat.sent))
+    service._status_task.cancel()  # no new status edits from here on, so the outbox can be drained to empty
+    await asyncio.gather(service._status_task, return_exceptions=True)
     await service.dispatcher.drain()
     await metrics.refresh()
     after = await asyncio.to_thread(_scrape, url)
