@@ -45,6 +45,9 @@ class SpaceStore(Protocol):
 
     async def address_for_external(self, agency_external_id: str, external_id: str) -> str | None: ...
 
+    async def record_space(self, agency_external_id: str, address: str, external_id: str, *, kind: str | None = None,
+                           name: str | None = None) -> None: ...
+
 
 class ChatUnavailableError(AgencyError):
     """Discord is not connected (yet, or any more); the outbox retries later."""
@@ -363,9 +366,15 @@ class DiscordChat:
     # -- delivery ---------------------------------------------------------------------------------
     async def _target(self, message: OutboundMessage, space_external_id: str) -> tuple[discord.Guild, discord.TextChannel, discord.Thread | None]:
         guild = await self._guild(message.agency_external_id)
-        obj = guild.get_channel_or_thread(int(space_external_id))
-        if obj is None:
-            obj = await self._existing(guild, int(space_external_id), "thread")
+        space = message.space
+        obj: Any = await self._existing(guild, int(space_external_id), space.kind)
+        if obj is None and space.address:
+            # deleted by hand since the caller resolved it: create it again and record the new id
+            self.forget(int(space_external_id))
+            new_id = await self.ensure_space(space)
+            if new_id != space_external_id and self.store is not None:
+                await self.store.record_space(space.agency_external_id, space.address, new_id, kind=space.kind, name=space.name)
+            obj = guild.get_channel_or_thread(int(new_id))
         if isinstance(obj, discord.Thread):
             parent = obj.parent
             if not isinstance(parent, discord.TextChannel):

@@ -296,6 +296,25 @@ class LLMClient:
     ) -> None:
         pt = reply.prompt_tokens or sum(estimate_tokens(m.get("content", "")) for m in request.messages)
         ct = reply.completion_tokens or estimate_tokens(reply.text)
+        await self._store(
+            ctx, request, key_suffix,
+            model=reply.model or (request.model or ""),
+            response=redact(parsed.model_dump_json() if parsed is not None else reply.text),
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            cost_usd=cost_usd(self.settings.price(request.model or reply.model), pt, ct),
+            latency_ms=float(ctx.meta.get("_latency_ms", 0.0)),
+            simulated=int(reply.simulated),
+            outcome=outcome,
+            error=error,
+        )
+
+    async def _record_error(self, ctx: CallContext, request: ModelRequest, error: str, started: float) -> None:
+        await self._store(ctx, request, "#error", model=request.model or "", outcome="error", error=error[:2000],
+                          latency_ms=(time.perf_counter() - started) * 1000)
+
+    async def _store(self, ctx: CallContext, request: ModelRequest, key_suffix: str, **fields: Any) -> None:
+        """Write one ``llm_calls`` row (every physical call, whatever its outcome) and tell the observers."""
         row = LLMCallRow(
             agency_id=ctx.agency_id,
             project_id=ctx.project_id,
@@ -305,50 +324,17 @@ class LLMClient:
             call_key=(ctx.call_key + key_suffix) if ctx.call_key else None,
             role=ctx.role,
             purpose=ctx.purpose,
-            model=reply.model or (request.model or ""),
             tier=ctx.tier,
             request=_redacted_request(request),
-            response=redact(parsed.model_dump_json() if parsed is not None else reply.text),
             retrieved=ctx.retrieved,
-            prompt_tokens=pt,
-            completion_tokens=ct,
-            cost_usd=cost_usd(self.settings.price(request.model or reply.model), pt, ct),
-            latency_ms=float(ctx.meta.get("_latency_ms", 0.0)),
-            simulated=int(reply.simulated),
-            outcome=outcome,
-            error=error,
+            **fields,
         )
         async with self.db.session() as s, s.begin():
             s.add(row)
-        if row.call_key:
+        if row.call_key and fields.get("outcome") in ("ok", "repaired"):
             self._keys_recorded.add(row.call_key)
         for obs in self.observers:
             try:
                 obs(row)
             except Exception:  # an observer must never break a call
-                log.exception("LLM call observer failed")
-
-    async def _record_error(self, ctx: CallContext, request: ModelRequest, error: str, started: float) -> None:
-        row = LLMCallRow(
-            agency_id=ctx.agency_id,
-            project_id=ctx.project_id,
-            task_id=ctx.task_id,
-            member_id=ctx.member_id,
-            stream_id=ctx.stream_id,
-            call_key=(ctx.call_key + "#error") if ctx.call_key else None,
-            role=ctx.role,
-            purpose=ctx.purpose,
-            model=request.model or "",
-            tier=ctx.tier,
-            request=_redacted_request(request),
-            latency_ms=(time.perf_counter() - started) * 1000,
-            outcome="error",
-            error=error[:2000],
-        )
-        async with self.db.session() as s, s.begin():
-            s.add(row)
-        for obs in self.observers:
-            try:
-                obs(row)
-            except Exception:
                 log.exception("LLM call observer failed")

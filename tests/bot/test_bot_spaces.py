@@ -150,3 +150,23 @@ async def test_setup_without_manage_roles_names_the_permission(settings, monkeyp
         assert "**Manage Roles**" in text_of(out) and out[-1]["ephemeral"]
     finally:
         await stop_harness(h)
+
+
+async def test_a_send_to_a_channel_deleted_meanwhile_recreates_it(harness):
+    """The outbox may hold on to a channel id; a send to a channel deleted since lands in a new one."""
+    from agency.ports import OutboundMessage
+
+    h = harness
+    await h.setup_agency()
+    gid = h.gid
+    await h.chat.ensure_space(SpaceSpec("project:9", "project", "P9 Espresso", agency_external_id=gid))
+    stream = SpaceSpec("stream:4", "stream", "research", parent="project:9", agency_external_id=gid)
+    old = await h.chat.ensure_space(stream)
+    await h.guild.get_channel(int(old)).delete()
+    await dpytest.run_all_events()
+    msg = OutboundMessage(id=1, agency_external_id=gid, space=stream, persona="Collab-research", content="Still here.")
+    await h.chat.send(msg, old)
+    new = await h.service.space_external_id(gid, "stream:4")
+    assert new and new != old
+    channel = h.guild.get_channel(int(new))
+    assert channel.name == "research" and [s["content"] for s in h.sends(channel_id=channel.id)] == ["Still here."]
