@@ -42,9 +42,27 @@ async def create_bot(settings: Settings, **options: object):  # noqa: ANN201
 
 
 async def run(settings: Settings, token: str) -> None:
+    import gc
+    import signal
+
     bot = await create_bot(settings)
     if bot.service.llm.simulated:
         log.warning("no model endpoint or key is configured: every project is a dry run with simulated roles")
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def stop(sig: signal.Signals) -> None:  # graceful: stop scheduling, finish writes, drain the outbox, log out
+        if not closing:
+            log.info("%s received: shutting down", sig.name)
+            closing.append(asyncio.create_task(bot.close()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop, sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, or not the main thread
+            pass
+    gc.collect()
+    gc.freeze()  # start-up objects never need collecting; full collections were the longest loop pauses
     try:
         async with bot:
             await bot.start(token)
