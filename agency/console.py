@@ -7,6 +7,7 @@ the Director at a prompt (or automatically with ``--auto-approve``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import re
@@ -26,6 +27,7 @@ from agency.llm.usage import format_usd
 from agency.models import TERMINAL, Actor
 from agency.ports import OutboundMessage, SpaceSpec
 
+log = logging.getLogger(__name__)
 CONSOLE_AGENCY = "console"
 DIRECTOR = Actor(name="Director", external_user_id="console-director", is_director=True)
 
@@ -203,6 +205,15 @@ async def run_console_project(service, chat: ConsoleChat, objective: str | None,
     if (await service.project(pid)).status in TERMINAL:  # let the after-delivery hooks (memory, learning) finish
         await asyncio.wait_for(service.engine.wait_project(pid), 600)
     await service.dispatcher.drain()
+    if auto_approve:  # gates raised after delivery (the Learning Manager's system-message revisions)
+        while not chat.approvals.empty():
+            appr = chat.approvals.get_nowait()
+            try:
+                result = await service.decide(appr.approval_id, True, DIRECTOR)
+                con.print(f"[yellow]Director (auto-approve): {escape(result)}[/yellow]")
+            except Exception as e:  # already decided or superseded
+                log.debug("auto-approve of %s skipped: %s", appr.approval_id, e)
+        await service.dispatcher.drain()
     final = await service.project(pid)
     path: Path | None = None
     md = await service.deliverable(pid)

@@ -30,6 +30,8 @@ def test_offline_run_writes_the_deliverable_and_says_no_model_was_called(tmp_pat
     assert "DRY RUN" in out and "no model was called" in out
     assert "#research" in out and "Researcher-A" in out  # grouped by channel and thread, with personas
     assert "What a real run would cost" in out
+    assert "Evaluation of @Writer-A" in out  # the Learning Manager evaluated the team ...
+    assert "System message v2 of @Writer-A is now active." in out  # ... and --auto-approve applied its revision
     last = out.strip().splitlines()[-1]
     assert last.startswith("Project #1 done. Deliverable:"), last
     files = list((tmp_path / "out").glob("project-1-*.md"))
