@@ -130,21 +130,21 @@ class OutboxDispatcher:
     async def _deliver(self, row: MessageRow) -> bool:
         try:
             spec, space_ext = await self._space(row.agency_id, row.address)
-            async with self.db.session() as s:
-                agency = await s.get(AgencyRow, row.agency_id)
-                options: list[str] = []
-                if row.approval_id:
-                    from agency.db.tables import ApprovalRow
+            options: list[str] = []
+            previous = None
+            if row.approval_id or row.upsert_key:  # most messages need no extra read
+                async with self.db.session() as s:
+                    if row.approval_id:
+                        from agency.db.tables import ApprovalRow
 
-                    a = await s.get(ApprovalRow, row.approval_id)
-                    options = list(a.options or []) if a else []
-                previous = None
-                if row.upsert_key:
-                    previous = (await s.execute(select(MessageRow.external_id).where(
-                        MessageRow.upsert_key == row.upsert_key, MessageRow.status == "delivered", MessageRow.external_id.is_not(None)
-                    ).order_by(MessageRow.id.desc()).limit(1))).scalar_one_or_none()
+                        a = await s.get(ApprovalRow, row.approval_id)
+                        options = list(a.options or []) if a else []
+                    if row.upsert_key:
+                        previous = (await s.execute(select(MessageRow.external_id).where(
+                            MessageRow.upsert_key == row.upsert_key, MessageRow.status == "delivered", MessageRow.external_id.is_not(None)
+                        ).order_by(MessageRow.id.desc()).limit(1))).scalar_one_or_none()
             msg = OutboundMessage(
-                id=row.id, agency_external_id=agency.external_id if agency else "", space=spec, persona=row.persona,
+                id=row.id, agency_external_id=spec.agency_external_id, space=spec, persona=row.persona,
                 content=row.content, kind=row.kind, attachment_name=row.attachment_name, attachment_text=row.attachment_text,
                 approval_id=row.approval_id, approval_options=options, mention_user_ids=list(row.mentions or []),
                 upsert_key=row.upsert_key, nonce=f"ateams-{row.id}",
