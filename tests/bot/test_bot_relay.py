@@ -1,6 +1,8 @@
 """People's messages reach the right member; text commands; the bot never answers itself."""
 from __future__ import annotations
 
+import asyncio
+
 import discord
 import discord.ext.test as dpytest
 from sqlalchemy import func, select
@@ -20,6 +22,15 @@ async def _running_project(h) -> dict[str, discord.abc.Messageable]:
     msg, aid = await h.approval_message(1, "plan")
     await h.click(msg, f"ateams:approve:{aid}")
     await h.approval_message(1, "task")
+
+    async def quiet() -> bool:  # T1 and T2 run side by side: wait until neither is still working
+        async with h.service.db.session() as s:
+            states = list((await s.execute(select(TaskRow.status).where(TaskRow.project_id == 1))).scalars())
+        return bool(states) and not any(x in ("running", "review") for x in states)
+
+    await eventually(quiet, what="T1 and T2 waiting for the Director")
+    h.service._status_task.cancel()  # no status edits from here on: every later send would come from the relay
+    await asyncio.gather(h.service._status_task, return_exceptions=True)
     await h.service.dispatcher.drain()
     async with h.service.db.session() as s:
         spaces = {r.address: int(r.external_id) for r in (await s.execute(select(SpaceRow))).scalars() if r.external_id}
