@@ -75,6 +75,25 @@ class Relay(commands.Cog):
         if reply:
             await self._reply(message, reply)
 
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        """The Director's reaction on a member's message is feedback for that member (👍 ✅ ⭐ ❤️ = 5, 👎 ❌ = 1)."""
+        member = payload.member
+        if payload.guild_id is None or member is None or member.bot:
+            return
+        guild = self.bot.get_guild(payload.guild_id)
+        channel = guild.get_channel_or_thread(payload.channel_id) if guild is not None else None
+        if not isinstance(channel, (discord.TextChannel, discord.Thread)):
+            return
+        try:
+            address = await self.bot.chat.address_of(payload.guild_id, channel)
+            if address is None:
+                return
+            await self.bot.service.record_reaction(str(payload.guild_id), address, str(payload.message_id),
+                                                   str(payload.emoji), self.bot.actor(member))
+        except Exception:  # a reaction must never break the bot
+            log.exception("could not record the reaction on message %s", payload.message_id)
+
     async def _handle(self, message: discord.Message, address: str, text: str) -> str | None:
         bot = self.bot
         gid = str(message.guild.id)  # type: ignore[union-attr]

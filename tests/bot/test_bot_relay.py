@@ -208,3 +208,27 @@ async def test_hq_talk_stays_between_people_but_at_pm_reaches_the_pm(harness):
     assert "Passed to @PM" in reply
     assert (await _inbound(h))[-1].address == "overview:1"
     await eventually(lambda: any(s["username"] == "PM" for s in h.rec.webhook_sends[before:]), what="the PM to answer")
+
+
+async def test_director_reaction_on_a_persona_message_is_feedback(harness):
+    """dpytest cannot deliver reactions, so the gateway event is handed to the listener as Discord would."""
+    from types import SimpleNamespace
+
+    h = harness
+    await _running_project(h)
+    async with h.service.db.session() as s:
+        msg = (await s.execute(select(MessageRow).where(MessageRow.persona == "Researcher-A", MessageRow.status == "delivered",
+                                                        MessageRow.address.like("thread:%")).limit(1))).scalar_one()
+        ext = int((await s.execute(select(SpaceRow.external_id).where(SpaceRow.address == msg.address))).scalar_one())
+    relay = h.bot.get_cog("Relay")
+
+    def payload(member, emoji):  # noqa: ANN001, ANN202
+        return SimpleNamespace(guild_id=h.guild.id, channel_id=ext, message_id=int(msg.external_id), member=member, emoji=emoji)
+
+    await relay.on_raw_reaction_add(payload(h.owner, "\N{THUMBS UP SIGN}"))
+    await relay.on_raw_reaction_add(payload(h.owner, "\N{THUMBS UP SIGN}"))  # the same reaction twice counts once
+    await relay.on_raw_reaction_add(payload(h.alice, "\N{THUMBS DOWN SIGN}"))  # not the Director: ignored
+    async with h.service.db.session() as s:
+        rows = list((await s.execute(select(FeedbackRow).join(MemberRow, MemberRow.id == FeedbackRow.member_id)
+                                     .where(FeedbackRow.source == "reaction", MemberRow.handle == "Researcher-A"))).scalars())
+    assert [(r.rating, r.author) for r in rows] == [(5, h.owner.display_name)]
