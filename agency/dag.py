@@ -121,7 +121,3 @@ def critical_path(depends_on: Mapping[str, Iterable[str]], cost: Mapping[str, fl
     while best[path[-1]][1] is not None:
         path.append(best[path[-1]][1])  # type: ignore[arg-type]
     return list(reversed(path)), best[end][0]
-
-
-def dependents(depends_on: Mapping[str, Iterable[str]], task: str) -> list[str]:
-    return sorted(t for t, d in depends_on.items() if task in d)

@@ -28,7 +28,6 @@ from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post, stream_addr, thread_addr
 from agency.db.session import Database
 from agency.db.tables import (
-    AgencyRow,
     ApprovalRow,
     EventRow,
     ApproachRow,
@@ -41,7 +40,7 @@ from agency.db.tables import (
     TaskDepRow,
     TaskRow,
 )
-from agency.errors import AgencyError, BudgetExceededError, LLMError, LLMOutputError, NotFoundError, PermissionDeniedError
+from agency.errors import AgencyError, BudgetExceededError, LLMError, LLMOutputError, NotFoundError
 from agency.llm.client import CallContext, LLMClient
 from agency.llm.router import choose_tier, next_tier, weighted_score
 from agency.llm.simulated import NOTICE
@@ -741,7 +740,7 @@ class Engine:
                               call_key=f"t{tid}:a{t.attempt}:r{t.revision}:s{t.step}",
                               meta={"objective": p.objective, "purpose": "work", "task": task_view, "dep_outputs": dep_outputs,
                                     "review_notes": t.review_notes, "handle": m.handle, "role": m.role, "step": t.step})
-            handle, role_name, stream_id, member_id, step = m.handle, m.role, t.stream_id, m.id, t.step
+            handle, stream_id, member_id, step = m.handle, t.stream_id, m.id, t.step
         try:
             turn = await self.llm.call(AgentTurn, msgs, ctx)
         except LLMOutputError as e:
@@ -1307,15 +1306,3 @@ class Engine:
     async def pending_approval(self, project_id: int) -> ApprovalRow | None:
         async with self.db.session() as s:
             return (await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == project_id, ApprovalRow.status == "pending").order_by(ApprovalRow.id).limit(1))).scalar_one_or_none()
-
-    async def agency_of(self, s: AsyncSession, pid: int) -> AgencyRow:
-        p = await s.get(ProjectRow, pid)
-        if p is None:
-            raise NotFoundError(f"There is no project #{pid}.")
-        a = await s.get(AgencyRow, p.agency_id)
-        assert a is not None
-        return a
-
-    def check_member_kind(self, m: MemberRow, allowed: set[str]) -> None:
-        if m.kind not in allowed:
-            raise PermissionDeniedError(f"@{m.handle} is a {m.kind}.")

@@ -25,8 +25,6 @@ from agency.db.tables import (
     SpaceRow,
     StreamMemberRow,
     StreamRow,
-    SystemMessageRow,
-    TaskDepRow,
     TaskRow,
 )
 from agency.engine import PM_HANDLE, Engine
@@ -112,7 +110,6 @@ class AgencyService:
         self._status_task: asyncio.Task[None] | None = None
         self._status_event = asyncio.Event()
         self.engine.on_change.append(self._mark_status)
-        self._started_at: dict[int, float] = {}
         # more commands plug in here (learning, memory, audit): name -> async (service, agency, address, actor, cmd) -> CommandResult
         self.extra_commands: dict[str, Any] = {}
 
@@ -197,7 +194,6 @@ class AgencyService:
             repos.event(s, p.id, "created", objective=req.objective, oversight=req.oversight)
             await s.commit()
             info = self._info(p)
-        self._started_at[info.id] = asyncio.get_running_loop().time()
         self.llm.fresh_projects.add(info.id)
         self.engine.outbox_ready.set()
         self.engine.spawn(info.id)
