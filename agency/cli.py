@@ -203,7 +203,7 @@ def _settings_at(data_dir: Optional[Path]):  # noqa: ANN202
 async def _open_db(settings):  # noqa: ANN001, ANN202
     from agency.db.session import Database
 
-    db = Database(settings.db_url)
+    db = Database(settings.db_url, busy_timeout=settings.db_busy_timeout_seconds)
     await db.upgrade()
     return db
 

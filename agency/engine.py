@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency import commands as cmdlib
@@ -83,6 +83,13 @@ class FlightStats:
     in_flight: int = 0
     max_in_flight: int = 0
     started: int = 0  # task workers started (a resumed task counts again)
+
+
+LOCK_RETRIES = 5
+
+
+def is_lock_timeout(e: BaseException) -> bool:
+    return "database is locked" in str(getattr(e, "orig", e))
 
 
 def _now() -> datetime:
@@ -187,6 +194,7 @@ class Engine:
     async def _run_project(self, pid: int) -> None:
         structlog.contextvars.clear_contextvars()  # this task's own context: every log line in it carries the project id
         structlog.contextvars.bind_contextvars(project_id=pid)
+        lock_retries = 0
         try:
             while not self._stopping:
                 async with self.db.session() as s:
@@ -215,6 +223,16 @@ class Engine:
                     await self._pause_for_budget(pid, e.user_message)
                 except LLMError as e:
                     await self._block(pid, f"A model call failed: {e.user_message}")
+                except OperationalError as e:
+                    # SQLite breaks a lock wait with "database is locked" once its busy timeout passes; the
+                    # step's transaction was rolled back, and every step is safe to redo (as after a restart)
+                    if not is_lock_timeout(e) or lock_retries >= LOCK_RETRIES:
+                        raise
+                    lock_retries += 1
+                    log.warning("project %s: the database was locked; retrying the step (%d/%d)", pid, lock_retries, LOCK_RETRIES)
+                    await asyncio.sleep(min(0.5 * 2 ** lock_retries, 5.0))
+                else:
+                    lock_retries = 0
         except asyncio.CancelledError:
             raise
         except Exception as e:  # never die silently: record and tell the Director
@@ -565,6 +583,7 @@ class Engine:
         stats = self.stats.setdefault(pid, FlightStats())
         workers: dict[int, asyncio.Task[None]] = {}
         limit = self.settings.engine.project_concurrency
+        lock_retries = 0
         try:
             while not self._stopping:
                 async with self.db.session() as s:
@@ -614,8 +633,9 @@ class Engine:
                     await self._wait_wake(pid)  # blocked or awaiting the Director
                     continue
                 wake = asyncio.create_task(self._wait_wake(pid))
-                done, _ = await asyncio.wait([*workers.values(), wake], return_when=asyncio.FIRST_COMPLETED)
-                if wake not in done:
+                try:
+                    done, _ = await asyncio.wait([*workers.values(), wake], return_when=asyncio.FIRST_COMPLETED)
+                finally:
                     wake.cancel()
                 for tid, w in list(workers.items()):
                     if w.done():

@@ -109,6 +109,7 @@ class AgencyService:
         self._status_dirty: set[int] = set()
         self._status_task: asyncio.Task[None] | None = None
         self._status_event = asyncio.Event()
+        self._status_lock = asyncio.Lock()  # one writer of status messages at a time (the loop or settle)
         self.engine.on_change.append(self._mark_status)
         # more commands plug in here (learning, memory, audit): name -> async (service, agency, address, actor, cmd) -> CommandResult
         self.extra_commands: dict[str, Any] = {}
@@ -117,7 +118,7 @@ class AgencyService:
     @classmethod
     async def create(cls, settings: Settings, chat: ChatPort | None = None, *, models: ModelSet | None = None,
                      memory: Any = None, upgrade: bool = True) -> "AgencyService":
-        db = Database(settings.db_url)
+        db = Database(settings.db_url, busy_timeout=settings.db_busy_timeout_seconds)
         if upgrade:
             await db.upgrade()
         llm = LLMClient(db, models or build_model_set(settings), settings)
@@ -142,6 +143,7 @@ class AgencyService:
         if self._status_task:
             self._status_task.cancel()
             await asyncio.gather(self._status_task, return_exceptions=True)
+            await self._flush_status()  # the last status the Director sees is the true one
         if self.dispatcher is not None:
             await self.dispatcher.stop()
             try:
@@ -309,12 +311,23 @@ class AgencyService:
             await self._status_event.wait()
             self._status_event.clear()
             await asyncio.sleep(0.5)  # debounce: at most two edits a second per project
+            await self._flush_status()
+
+    async def _flush_status(self) -> None:
+        async with self._status_lock:
             dirty, self._status_dirty = self._status_dirty, set()
-            for pid in dirty:
+            for pid in sorted(dirty):
                 try:
                     await self.post_status(pid)
                 except Exception:
                     log.exception("status update failed (project=%s)", pid)
+
+    async def settle(self) -> None:
+        """Post the status updates that are due now and deliver the whole outbox:
+        after it returns, everything the agency has said so far is out."""
+        await self._flush_status()
+        if self.dispatcher is not None:
+            await self.dispatcher.drain()
 
     async def post_status(self, project_id: int) -> None:
         r = await self.status(project_id)

@@ -128,6 +128,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".ateams")
     database_url: str | None = None
+    db_busy_timeout_seconds: float = Field(10.0, gt=0)
     log_level: str = "INFO"
     dry_run: bool = False
 

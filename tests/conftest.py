@@ -96,5 +96,33 @@ async def drive(service: AgencyService, pid: int, *, approve: bool = True, timeo
             ok, reason, choice = verdict
             await service.decide(a.id, ok, DIRECTOR, reason=reason, choice=choice)
         if loop.time() > end:
-            raise AssertionError(f"project {pid} stuck in {info.status}")
+            raise AssertionError(f"project {pid} stuck in {info.status}\n{await _explain(service, pid)}")
         await asyncio.sleep(0.02)
+
+
+async def _explain(service: AgencyService, pid: int) -> str:
+    """What a stuck project looks like: its tasks, its last events and the live asyncio tasks."""
+    from sqlalchemy import select
+
+    from agency.db.tables import EventRow, TaskRow
+
+    async with service.db.session() as s:
+        tasks = (await s.execute(select(TaskRow).where(TaskRow.project_id == pid).order_by(TaskRow.key))).scalars()
+        events = (await s.execute(select(EventRow).where(EventRow.project_id == pid).order_by(EventRow.id.desc()).limit(12))).scalars()
+        lines = [f"task {t.key}: {t.status} step={t.step} revision={t.revision} attempt={t.attempt}" for t in tasks]
+        lines += [f"event {e.kind} {e.data}" for e in reversed(list(events))]
+    lines += [f"asyncio: {t.get_name()} at {_where(t.get_coro())}" for t in asyncio.all_tasks() if not t.done()]
+    return "\n".join(lines)
+
+
+def _where(coro: Any) -> str:
+    """The chain of awaits a suspended coroutine is parked in (innermost last)."""
+    chain = []
+    while coro is not None and hasattr(coro, "cr_frame"):
+        f = coro.cr_frame
+        if f is not None:
+            chain.append(f"{f.f_code.co_name}:{f.f_lineno}")
+        coro = getattr(coro, "cr_await", None)
+    if coro is not None:
+        chain.append(repr(coro)[:120])
+    return " > ".join(chain)

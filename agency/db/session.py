@@ -15,15 +15,23 @@ ROOT = Path(__file__).resolve().parents[2]
 class Database:
     """Owns the async engine and hands out sessions. Built in ``__main__``, never at import."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, busy_timeout: float = 10.0) -> None:
+        """``busy_timeout``: how long a SQLite write waits for the lock; past it the write fails with
+        "database is locked" and the engine redoes the step (which also breaks a wait cycle of two writers)."""
         self.url = url
         ensure_sqlite_dir(url)
         kwargs: dict = {"echo": echo}
         if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": busy_timeout}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # every driver connection this engine opens, so that dispose() can close the ones the pool
+        # no longer knows about (a session abandoned by a cancelled task still holds SQLite's write lock)
+        self._opened: dict[int, object] = {}
+        event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: self._opened.__setitem__(id(conn), conn))
+        event.listen(self.engine.sync_engine.pool, "close", lambda conn, _rec: self._opened.pop(id(conn), None))
+        event.listen(self.engine.sync_engine.pool, "close_detached", lambda conn: self._opened.pop(id(conn), None))
         if url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_timeout))
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def upgrade(self) -> None:
@@ -31,7 +39,21 @@ class Database:
         await asyncio.to_thread(upgrade_sync, self.url)
 
     async def dispose(self) -> None:
+        """Close every connection, including any still checked out, so no lock outlives the Database."""
         await self.engine.dispose()
+        stray = [c for c in self._opened.values() if getattr(c, "driver_connection", None) is not None]
+        self._opened.clear()
+        for c in stray:
+            close = getattr(c.driver_connection, "close", None)
+            if close is None:
+                continue
+            try:
+                async with asyncio.timeout(5):
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
+            except Exception as e:  # noqa: BLE001 - closing is best effort; the lock goes with the connection
+                log.warning("could not close a database connection at shutdown: %s", e)
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -41,12 +63,12 @@ def ensure_sqlite_dir(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_conn, busy_timeout: float) -> None:  # noqa: ANN001
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cur.close()
 
 

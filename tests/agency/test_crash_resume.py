@@ -1,9 +1,10 @@
 """A crash in the middle: the engine is cancelled at an arbitrary await point and a
-new service on the same database finishes the project, with no task completed
+new service on the database it left finishes the project, with no task completed
 twice, no message lost or posted twice, and no recorded answer paid for again."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import Counter
 
 import pytest
@@ -29,12 +30,17 @@ async def test_crash_and_resume(make_service, crash_after_calls: int) -> None:
     await first.dispatcher.stop()
     first._status_task.cancel()
     await asyncio.gather(first._status_task, return_exceptions=True)
+    first.watchdog.stop()
     await first.db.dispose()
     assert (await _status(first, info.id)) != "done" or crash_after_calls >= 12
 
+    # the restart sees what a dead process leaves: the files on disk. A copy of the data directory
+    # keeps this process's SQLite lock bookkeeping for the abandoned connections out of the second run.
+    restarted = first.settings.data_dir.parent / "restarted"
+    shutil.copytree(first.settings.data_dir, restarted, ignore=shutil.ignore_patterns("*-shm"))
     model2 = ScriptedModel(delay=0.005)
     chat2 = ConsoleChat(quiet=True)
-    second = await make_service(model2, chat=chat2)
+    second = await make_service(model2, chat=chat2, cfg=first.settings.model_copy(update={"data_dir": restarted}))
     assert await drive(second, info.id) == "done"
     await second.dispatcher.drain()
 

@@ -37,7 +37,7 @@ async def test_whole_project_at_every_oversight_level(make_service, oversight: s
     assert len(tasks) == 5 and all(t.status == "done" and t.completions == 1 for t in tasks)
     md = await service.deliverable(info.id)
     assert md and "Appendix: accepted task outputs" in md and "no model was called" in md
-    await service.dispatcher.drain()
+    await service.settle()
     msgs = await _rows(service, MessageRow, MessageRow.project_id == info.id)
     assert all(m.status in ("delivered", "superseded") for m in msgs)
     deliverable = [m for m in msgs if m.kind == "deliverable"]

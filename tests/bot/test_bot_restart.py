@@ -20,7 +20,7 @@ async def _quiesce(h) -> None:
     if service._status_task is not None:
         service._status_task.cancel()
         await asyncio.gather(service._status_task, return_exceptions=True)
-    await service.dispatcher.drain()
+    await service.settle()
     await service.dispatcher.stop()
 
 

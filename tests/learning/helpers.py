@@ -42,6 +42,6 @@ async def run_project(service: AgencyService, objective: str = "Write a short gu
     info = await service.new_project(AGENCY, objective, oversight="autonomous", actor=DIRECTOR)
     assert await drive(service, info.id, timeout=timeout) == "done"
     await asyncio.wait_for(service.engine.wait_project(info.id), timeout)
-    await service.dispatcher.drain()
+    await service.settle()
     return info.id
 

@@ -44,7 +44,7 @@ async def _recorded_project(make_service, *, objective: str = OBJECTIVE):  # noq
 async def test_audit_exports_events_messages_and_calls_without_secrets(make_service, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     service, pid = await _recorded_project(make_service, objective=f"{OBJECTIVE} (our key is {SECRET})")
-    await service.dispatcher.drain()
+    await service.settle()
     out = io.StringIO()
     n = await write_audit(service.db, pid, out)
     text = out.getvalue()

@@ -82,7 +82,7 @@ async def test_metrics_endpoint_on_loopback_shows_counters_moving(make_service, 
     await wait_for(lambda: any(m.kind == "status" for m in service.chat.sent))
     service._status_task.cancel()  # no new status edits from here on, so the outbox can be drained to empty
     await asyncio.gather(service._status_task, return_exceptions=True)
-    await service.dispatcher.drain()
+    await service.settle()
     await metrics.refresh()
     after = await asyncio.to_thread(_scrape, url)
     calls = _total(after, "ateams_llm_calls_total")

@@ -131,7 +131,7 @@ async def main(work: Path, kill_after_send: int | None) -> int:
                     await service.decide(a.id, True, DIRECTOR)
                 await asyncio.sleep(0.02)
             await service.engine.wait_project(pid)
-            await service.dispatcher.drain()
+            await service.settle()
     finally:
         await service.close()
     _append(work / "runs.jsonl", {"pid": os.getpid(), "project": pid, "status": info.status, "finished": True})

@@ -137,7 +137,7 @@ async def test_every_project_completes_or_is_blocked_with_a_reason(api, tmp_path
 
         async with asyncio.timeout(90):  # bounded: a hang fails the test instead of stalling the suite
             states = await settled()
-        await service.dispatcher.drain()
+        await service.settle()
 
         assert states == {"alpha": "done", "beta": "done", "gamma": "blocked"}, (states, handler.calls, handler.faults)
         async with service.db.session() as s:

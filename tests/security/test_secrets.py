@@ -71,7 +71,7 @@ async def test_a_model_echoing_secrets_leaves_none_behind(make_service, settings
         service = await make_service(model, chat=chat)
         info = await service.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
         assert await drive(service, info.id) == "done"
-        await service.dispatcher.drain()
+        await service.settle()
         during = caplog.text
         logging.getLogger("agency.test").warning("a log line that carries %s and %s", API_KEY, TOKEN)
         audit = io.StringIO()
