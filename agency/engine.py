@@ -122,6 +122,7 @@ class Engine:
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._wake: dict[int, asyncio.Event] = {}
         self._stopping = False
+        self._halting: set[int] = set()  # projects whose task workers must stop at their next step
         llm.budget_check = self._before_call
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -153,13 +154,32 @@ class Engine:
     def wake(self, project_id: int) -> None:
         self._wake.setdefault(project_id, asyncio.Event()).set()
 
-    async def stop(self) -> None:
-        """Stop scheduling; cancel runners (their state is already committed)."""
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop scheduling: every runner and worker ends at its next step (committed state stands)."""
         self._stopping = True
-        tasks = [t for t in self._runners.values() if not t.done()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for ev in self._wake.values():
+            ev.set()
+        await self._stop_tasks([t for t in self._runners.values() if not t.done()], timeout)
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+        """End tasks without interrupting a database write: a task waiting on a model is cancelled at
+        once; any other finishes its step and stops at the next check. Past ``timeout``, cancel."""
+        pending = {t for t in tasks if not t.done()}
+        end = asyncio.get_running_loop().time() + timeout
+        while pending:
+            for t in pending:
+                if t in self.llm.in_model:
+                    t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+            if pending and asyncio.get_running_loop().time() > end:
+                log.warning("%d task(s) did not stop within %.0f s; cancelling them", len(pending), timeout)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                break
+        for t in tasks:  # retrieved here: how they ended is already recorded in the database
+            if t.done() and not t.cancelled():
+                t.exception()
 
     async def wait_project(self, project_id: int) -> None:
         t = self._runners.get(project_id)
@@ -257,6 +277,8 @@ class Engine:
     async def _before_call(self, ctx: CallContext) -> None:
         if ctx.project_id is None:
             return
+        if self._stopping or ctx.project_id in self._halting:
+            raise ProjectPaused()
         async with self.db.session() as s:
             p = await s.get(ProjectRow, ctx.project_id)
             if p is None:
@@ -646,10 +668,12 @@ class Engine:
                         if exc is not None and not isinstance(exc, ProjectPaused):
                             raise exc
         finally:
-            for w in workers.values():
-                w.cancel()
-            if workers:
-                await asyncio.gather(*workers.values(), return_exceptions=True)
+            if workers:  # siblings of a failed worker, or a stop: each ends at its next step
+                self._halting.add(pid)
+                try:
+                    await self._stop_tasks(list(workers.values()), 30.0)
+                finally:
+                    self._halting.discard(pid)
 
     @staticmethod
     def _dep_satisfied(dep: TaskRow, streams: dict[int, StreamRow], oversight: str, stream_id: int) -> bool:
@@ -716,7 +740,7 @@ class Engine:
 
     async def _work_task(self, pid: int, tid: int) -> None:
         """Drive one task until it is done, blocked or awaiting the Director."""
-        while not self._stopping:
+        while not self._stopping and pid not in self._halting:
             async with self.db.session() as s:
                 t = await s.get(TaskRow, tid)
                 assert t is not None

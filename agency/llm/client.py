@@ -158,6 +158,9 @@ class LLMClient:
         # projects created by this process: a recorded answer for one of their keys can only be one recorded here
         self.fresh_projects: set[int] = set()
         self._keys_recorded: set[str] = set()
+        # tasks waiting on a model right now: the only place a task may be cancelled without
+        # interrupting a database write (agency.engine stops the others at their next step)
+        self.in_model: set[asyncio.Task[Any]] = set()
         self.breaker = CircuitBreaker(settings.llm.circuit_failures, settings.llm.circuit_cooldown_seconds)
 
     @property
@@ -237,15 +240,21 @@ class LLMClient:
                 with attempt:
                     key = request.model or provider.name
                     await self.breaker.wait(key)
-                    async with self._sem:
-                        self.calls_made += 1
-                        try:
-                            async with asyncio.timeout(cfg.timeout_seconds * 1.5):
-                                reply = await provider.generate(request)
-                        except (TransientModelError, TimeoutError):
-                            self.breaker.failure(key)
-                            raise
-                        self.breaker.success(key)
+                    me = asyncio.current_task()
+                    if me is not None:
+                        self.in_model.add(me)
+                    try:
+                        async with self._sem:
+                            self.calls_made += 1
+                            try:
+                                async with asyncio.timeout(cfg.timeout_seconds * 1.5):
+                                    reply = await provider.generate(request)
+                            except (TransientModelError, TimeoutError):
+                                self.breaker.failure(key)
+                                raise
+                            self.breaker.success(key)
+                    finally:
+                        self.in_model.discard(me)
         except TimeoutError:
             await self._record_error(ctx, request, "timeout", started)
             raise LLMError(f"The model did not answer within {cfg.timeout_seconds:.0f} s.") from None
