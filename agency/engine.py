@@ -952,8 +952,10 @@ class Engine:
                 return
             assignee = await s.get(MemberRow, t.assignee_id)
             assert assignee is not None
-            met = sum(1 for x in review.criteria_met if x)
-            unmet = [c for c, ok in zip(t.success_criteria, review.criteria_met) if not ok]
+            # one mark per criterion, in order; a criterion the review did not mark is not verified
+            marks = [*review.criteria_met, *[False] * max(len(t.success_criteria) - len(review.criteria_met), 0)]
+            met = sum(1 for x in marks[: len(t.success_criteria)] if x)
+            unmet = [c for c, ok in zip(t.success_criteria, marks) if not ok]
             if review.decision == "accept" and unmet:  # an accept that contradicts its own check is no verification
                 review = review.model_copy(update={"decision": "revise", "notes": "Not met: " + "; ".join(unmet) + (f". {review.notes}" if review.notes else "")})
                 repos.event(s, pid, "verification_inconsistent", task_id=tid, unmet=unmet)

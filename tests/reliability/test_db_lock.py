@@ -23,8 +23,10 @@ async def test_a_lock_longer_than_the_busy_timeout_is_retried(make_service, tmp_
     info = await service.new_project(AGENCY, "Prepare a checklist for opening a small bakery", oversight="autonomous", actor=DIRECTOR)
     await wait_for(lambda: len(model.requests) >= 3)
 
-    holder = sqlite3.connect(cfg.db_url.split("///", 1)[1], timeout=5, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")  # another writer keeps the lock for five busy timeouts
+    holder = sqlite3.connect(cfg.db_url.split("///", 1)[1], timeout=30, check_same_thread=False)
+    # another writer takes the lock (from a thread: the event loop must go on to let the engine's
+    # open transaction commit) and keeps it for five busy timeouts
+    await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
     with caplog.at_level(logging.WARNING, logger="agency.engine"):
         await asyncio.sleep(1.0)
         holder.rollback()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from agency.console import ConsoleChat
@@ -456,12 +457,14 @@ async def test_fm_3_1_premature_termination(make_service) -> None:
     assert len([m for m in await _rows(service, MessageRow, MessageRow.project_id == pid) if m.kind == "deliverable"]) == 1
 
 
-async def test_fm_3_2_no_or_incomplete_verification(make_service) -> None:
+@pytest.mark.parametrize("stamp", [[False], []], ids=["marked-unmet", "unchecked"])
+async def test_fm_3_2_no_or_incomplete_verification(make_service, stamp: list[bool]) -> None:
     """FM-3.2 No or incomplete verification: the Collaborator rubber-stamps "accept" while its own check
-    says a criterion is not met, and a specialist tries to review its own work. Mechanism: a task is
-    done only through the Collaborator's review (a specialist's /review is refused), and an accept
-    whose criteria_met marks a criterion unmet is turned into a revise naming that criterion."""
-    stamps = iter([{"decision": "accept", "criteria_met": [False], "message": "LGTM"}])
+    says a criterion is not met (or checks no criterion at all), and a specialist tries to review its
+    own work. Mechanism: a task is done only through the Collaborator's review (a specialist's /review
+    is refused), and an accept that does not mark every criterion met is turned into a revise naming
+    the criteria that are unmet or unchecked."""
+    stamps = iter([{"decision": "accept", "criteria_met": stamp, "message": "LGTM"}])
 
     def work(req):  # noqa: ANN001, ANN202
         if req.meta["task"]["key"] == "T1" and req.meta["step"] == 0 and not req.meta.get("review_notes"):
