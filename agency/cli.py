@@ -114,15 +114,6 @@ def resume(
     raise typer.Exit(code)
 
 
-def _tune_gc() -> None:
-    """Freeze what start-up allocated and collect less often: full collections were the event loop's longest pauses."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-
-
 async def _run(settings, objective, oversight, auto_approve, out, budget, quiet, project_id=None) -> int:  # noqa: ANN001
     from agency.console import ConsoleChat, run_console_project
     from agency.service import AgencyService
@@ -131,7 +122,9 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet,
     con = Console()
     chat = ConsoleChat(console=con, quiet=quiet)
     service: AgencyService = await build_service(settings, chat)
-    _tune_gc()
+    from agency.wiring import tune_gc
+
+    tune_gc()
     if service.llm.simulated:
         con.print(Panel("DRY RUN: no model endpoint or key is configured (or --dry-run was given).\n"
                         "Every role is played by a simulator; no model is called and nothing is paid. "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, scenarios
 from bench.scenarios import FULL, QUICK, SCENARIOS
 
 MARK = "BENCH-JSON:"
@@ -71,6 +71,7 @@ def _run_child(name: str, params: dict[str, Any], timeout: float) -> dict[str, A
 
 def _child(name: str, params: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.ERROR)
+    scenarios.TUNE_GC = True
     with tempfile.TemporaryDirectory(prefix="ateams-bench-") as tmp:
         result = asyncio.run(SCENARIOS[name](**params, tmp_dir=tmp))
     print(MARK + json.dumps(result, default=str), flush=True)

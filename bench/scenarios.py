@@ -34,11 +34,15 @@ from agency.console import ConsoleChat
 from agency.db.tables import LLMCallRow, MessageRow, ProjectRow, TaskRow
 from agency.models import Actor
 from agency.service import AgencyService
-from agency.wiring import build_service
+from agency.wiring import build_service, tune_gc
 from agency.settings import load_settings
 from bench.mock_openai import MockOpenAIServer
 from bench.plans import Shape, critical_calls, make_plan, parse_shape, shape_tag, specialists, total_calls
 from bench.roles import RoleHandler
+
+# ``python -m bench`` runs each scenario in a fresh process and tunes the collector there as the
+# product does; the smoke test runs in pytest's process and leaves its collector alone
+TUNE_GC = False
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +326,10 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         mock.reset()
         handler.by_schema.clear()
         handler.log.clear()
-    gc.collect()
+    if TUNE_GC:
+        tune_gc()  # as the terminal and the bot do once started
+    else:
+        gc.collect()
     reset_peak_rss()
     rss0 = rss_mb()
     ticker = LagTicker()

@@ -42,8 +42,9 @@ async def create_bot(settings: Settings, **options: object):  # noqa: ANN201
 
 
 async def run(settings: Settings, token: str) -> None:
-    import gc
     import signal
+
+    from agency.wiring import tune_gc
 
     bot = await create_bot(settings)
     if bot.service.llm.simulated:
@@ -61,8 +62,7 @@ async def run(settings: Settings, token: str) -> None:
             loop.add_signal_handler(sig, stop, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, or not the main thread
             pass
-    gc.collect()
-    gc.freeze()  # start-up objects never need collecting; full collections were the longest loop pauses
+    tune_gc()  # start-up objects never need collecting; full collections were the longest loop pauses
     try:
         async with bot:
             await bot.start(token)
