@@ -22,9 +22,9 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
+from agency.db import repos
 from agency.db.session import Database
-from agency.db.tables import ApprovalRow, EventRow, LLMCallRow, MemberRow, MessageRow, ProjectRow, StreamRow, TaskRow
-from agency.errors import NotFoundError
+from agency.db.tables import ApprovalRow, EventRow, LLMCallRow, MessageRow
 from agency.logs import redact
 from agency.reports import work_verdicts
 
@@ -46,12 +46,8 @@ def _clean(v: Any) -> Any:
 async def export_audit(db: Database, project_id: int) -> AsyncIterator[dict[str, Any]]:
     """Yield the project's audit records (see the module docstring); raise NotFoundError for an unknown project."""
     async with db.session() as s:
-        p = await s.get(ProjectRow, project_id)
-        if p is None:
-            raise NotFoundError(f"There is no project #{project_id}.")
-        tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == project_id).order_by(TaskRow.key))).scalars())
-        streams = {r.id: r.key for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == project_id))).scalars()}
-        members = {m.id: m.handle for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == p.agency_id))).scalars()}
+        f = await repos.project_frame(s, project_id)
+        p, tasks, streams, members = f.project, f.tasks, f.streams, f.members
         keys = {t.id: t.key for t in tasks}
         approvals = list((await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == project_id).order_by(ApprovalRow.id))).scalars())
         events = list((await s.execute(select(EventRow).where(EventRow.project_id == project_id).order_by(EventRow.id))).scalars())

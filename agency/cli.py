@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -193,12 +194,17 @@ def _settings_at(data_dir: Optional[Path]):  # noqa: ANN202
     return _settings(**({"data_dir": data_dir} if data_dir is not None else {}))
 
 
+@asynccontextmanager
 async def _open_db(settings):  # noqa: ANN001, ANN202
+    """The agency's database, upgraded, closed on the way out."""
     from agency.db.session import Database
 
-    db = Database(settings.db_url, busy_timeout=settings.db_busy_timeout_seconds)
-    await db.upgrade()
-    return db
+    db = Database.from_settings(settings)
+    try:
+        await db.upgrade()
+        yield db
+    finally:
+        await db.dispose()
 
 
 @models_app.command("report")
@@ -212,12 +218,8 @@ def models_report(
     settings = _settings_at(data_dir)
 
     async def go() -> None:
-        db = await _open_db(settings)
-        try:
-            async with db.session() as s:
-                rows = await model_report(s, project_id=project, weights=settings.routing.weights)
-        finally:
-            await db.dispose()
+        async with _open_db(settings) as db, db.session() as s:
+            rows = await model_report(s, project_id=project, weights=settings.routing.weights)
         con = Console()
         con = con if con.is_terminal else Console(width=160)
         con.print(model_report_table(rows, title="Model routing report" + (f" - project #{project}" if project else "")))
@@ -239,15 +241,11 @@ def cost(
     settings = _settings_at(data_dir)
 
     async def go() -> int:
-        db = await _open_db(settings)
-        try:
-            async with db.session() as s:
-                if await s.get(ProjectRow, project) is None:
-                    err.print(f"[red]There is no project #{project}.[/red]")
-                    return 1
-                b = await project_costs(s, project)
-        finally:
-            await db.dispose()
+        async with _open_db(settings) as db, db.session() as s:
+            if await s.get(ProjectRow, project) is None:
+                err.print(f"[red]There is no project #{project}.[/red]")
+                return 1
+            b = await project_costs(s, project)
         con = Console()
         for t in cost_tables(b):
             con.print(t)
@@ -269,15 +267,12 @@ def audit(
     settings = _settings_at(data_dir)
 
     async def go() -> int:
-        db = await _open_db(settings)
-        try:
+        async with _open_db(settings) as db:
             if out is None:
                 return await write_audit(db, project, sys.stdout)
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.open("w", encoding="utf-8") as fh:
                 return await write_audit(db, project, fh)
-        finally:
-            await db.dispose()
 
     try:
         n = asyncio.run(go())

@@ -605,7 +605,6 @@ class Engine:
         stats = self.stats.setdefault(pid, FlightStats())
         workers: dict[int, asyncio.Task[None]] = {}
         limit = self.settings.engine.project_concurrency
-        lock_retries = 0
         try:
             while not self._stopping:
                 async with self.db.session() as s:

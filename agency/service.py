@@ -118,7 +118,7 @@ class AgencyService:
     @classmethod
     async def create(cls, settings: Settings, chat: ChatPort | None = None, *, models: ModelSet | None = None,
                      memory: Any = None, upgrade: bool = True) -> "AgencyService":
-        db = Database(settings.db_url, busy_timeout=settings.db_busy_timeout_seconds)
+        db = Database.from_settings(settings)
         if upgrade:
             await db.upgrade()
         llm = LLMClient(db, models or build_model_set(settings), settings)
@@ -255,12 +255,8 @@ class AgencyService:
     # -- status ---------------------------------------------------------------------------------
     async def status(self, project_id: int) -> StatusReport:
         async with self.db.session() as s:
-            p = await s.get(ProjectRow, project_id)
-            if p is None:
-                raise NotFoundError(f"There is no project #{project_id}.")
-            tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == project_id).order_by(TaskRow.key))).scalars())
-            streams = {r.id: r.key for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == project_id))).scalars()}
-            members = {m.id: m.handle for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == p.agency_id))).scalars()}
+            f = await repos.project_frame(s, project_id)
+            p, tasks, streams, members = f.project, f.tasks, f.streams, f.members
             deps = await repos.task_deps(s, project_id)
             keys = {t.id: t.key for t in tasks}
             infos = [TaskInfo(key=t.key, title=t.title, stream=streams.get(t.stream_id, "?"), assignee=members.get(t.assignee_id, "?"),

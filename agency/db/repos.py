@@ -5,6 +5,7 @@ state change and its outbound messages land in one transaction.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -16,11 +17,14 @@ from agency.db.tables import (
     LLMCallRow,
     MemberRow,
     MessageRow,
+    ProjectRow,
     SpaceRow,
+    StreamRow,
     SystemMessageRow,
     TaskDepRow,
     TaskRow,
 )
+from agency.errors import NotFoundError
 
 SYSTEM = "A-TEAMs"
 
@@ -187,3 +191,24 @@ async def project_usage(s: AsyncSession, project_id: int) -> tuple[int, float, i
         )
     ).one()
     return int(tokens), float(cost), int(calls)
+
+
+@dataclass
+class ProjectFrame:
+    """A project with its tasks (by key) and the names its rows refer to: stream keys and member handles by id."""
+
+    project: ProjectRow
+    tasks: list[TaskRow]
+    streams: dict[int, str]
+    members: dict[int, str]
+
+
+async def project_frame(s: AsyncSession, project_id: int) -> ProjectFrame:
+    """Load a project for a report (status, audit); raise NotFoundError for an unknown project."""
+    p = await s.get(ProjectRow, project_id)
+    if p is None:
+        raise NotFoundError(f"There is no project #{project_id}.")
+    tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == project_id).order_by(TaskRow.key))).scalars())
+    streams = {r.id: r.key for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == project_id))).scalars()}
+    members = {m.id: m.handle for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == p.agency_id))).scalars()}
+    return ProjectFrame(p, tasks, streams, members)

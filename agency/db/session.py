@@ -34,6 +34,10 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_timeout))
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
+    @classmethod
+    def from_settings(cls, settings) -> "Database":  # noqa: ANN001 - agency.settings.Settings
+        return cls(settings.db_url, busy_timeout=settings.db_busy_timeout_seconds)
+
     async def upgrade(self) -> None:
         """Bring the schema to the newest migration (the only way tables are created)."""
         await asyncio.to_thread(upgrade_sync, self.url)

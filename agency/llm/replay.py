@@ -338,7 +338,7 @@ async def replay_recording(settings: Settings, recording: Recording, workdir: Pa
         "metrics": MetricsSettings(),
         "engine": settings.engine.model_copy(update={"budget_usd": None, "budget_tokens": None}),
     })
-    db = Database(cfg.db_url, busy_timeout=cfg.db_busy_timeout_seconds)
+    db = Database.from_settings(cfg)
     await db.upgrade()
     model = ReplayModel(recording.calls)
     models = ModelSet({name: (model, t.model) for name, t in cfg.llm.tiers.items()}, cfg.llm.default_tier, simulated=recording.dry_run)
