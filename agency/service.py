@@ -153,6 +153,7 @@ class AgencyService:
 
     async def close(self) -> None:
         await self.stop()
+        await self.llm.models.aclose()  # the HTTP connections to the model endpoint
         await self.db.dispose()
 
     # -- agencies and projects ----------------------------------------------------------------

@@ -320,9 +320,7 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         latency_was, mock.server.latency = mock.server.latency, 0.0
         await _run_projects(service, shape, 1, timeout)
         mock.server.latency = latency_was
-        await service.dispatcher.drain()  # type: ignore[union-attr]
-        await asyncio.sleep(0.3)  # let the status loop settle
-        await service.dispatcher.drain()  # type: ignore[union-attr]
+        await service.settle()  # the due status updates posted, the outbox delivered
         mock.reset()
         handler.by_schema.clear()
         handler.log.clear()
@@ -342,10 +340,8 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
     cpu_done = time.process_time() - cpu0 - (mock.cpu_seconds() - srv0)
     # the outbox and the status message still have work: count it, it is orchestration
     t1 = time.perf_counter()
-    await service.dispatcher.drain()  # type: ignore[union-attr]
-    await asyncio.sleep(0.25)  # the status loop debounces 0.2 s
-    await service.dispatcher.drain()  # type: ignore[union-attr]
-    drain_s = time.perf_counter() - t1 - 0.25
+    await service.settle()  # the due status updates posted, the outbox delivered
+    drain_s = time.perf_counter() - t1
     cpu_all = time.process_time() - cpu0 - (mock.cpu_seconds() - srv0)
     await ticker.stop()
     peak = peak_rss_mb()

@@ -5,8 +5,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from agency.db.inline_sqlite import inline_creator
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +23,11 @@ class Database:
         self.url = url
         ensure_sqlite_dir(url)
         kwargs: dict = {"echo": echo}
-        if url.startswith("sqlite"):
+        inline = _inline_path(url)
+        if inline is not None:
+            # SQLite on the loop's thread, with a busy wait that yields (agency.db.inline_sqlite)
+            kwargs["async_creator"] = inline_creator(inline, busy_timeout=busy_timeout)
+        elif url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": busy_timeout}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # every driver connection this engine opens, so that dispose() can close the ones the pool
@@ -31,7 +37,9 @@ class Database:
         event.listen(self.engine.sync_engine.pool, "close", lambda conn, _rec: self._opened.pop(id(conn), None))
         event.listen(self.engine.sync_engine.pool, "close_detached", lambda conn: self._opened.pop(id(conn), None))
         if url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_timeout))
+            # an inline connection must never busy-wait inside sqlite3 (it would stop the loop): timeout 0
+            pragma_timeout = 0.0 if inline is not None else busy_timeout
+            event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, pragma_timeout))
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -58,6 +66,14 @@ class Database:
                         await result
             except Exception as e:  # noqa: BLE001 - closing is best effort; the lock goes with the connection
                 log.warning("could not close a database connection at shutdown: %s", e)
+
+
+def _inline_path(url: str) -> str | None:
+    """The database path when ``url`` is a plain ``sqlite+aiosqlite`` URL (no query options), else None."""
+    parsed = make_url(url)
+    if parsed.drivername != "sqlite+aiosqlite" or parsed.query:
+        return None
+    return parsed.database or ":memory:"
 
 
 def ensure_sqlite_dir(url: str) -> None:

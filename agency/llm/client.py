@@ -70,6 +70,15 @@ class ModelSet:
     def order(self) -> list[str]:
         return list(self.tiers)
 
+    async def aclose(self) -> None:
+        """Close each provider once (tiers may share one); providers without ``aclose`` have nothing open."""
+        seen: set[int] = set()
+        for provider, _ in self.tiers.values():
+            close = getattr(provider, "aclose", None)
+            if close is not None and id(provider) not in seen:
+                seen.add(id(provider))
+                await close()
+
 
 def extract_json(text: str) -> Any:
     """Parse a reply that should be JSON; tolerate code fences and leading prose."""
