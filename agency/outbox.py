@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from agency.db.session import Database
 from agency.db.tables import AgencyRow, MessageRow, SpaceRow, utcnow
@@ -169,13 +169,9 @@ class OutboxDispatcher:
                         r.status = "failed"
                         log.error("message %s gave up after %d attempts: %s", row.id, r.attempts, r.error)
             return False
-        async with self.db.session() as s, s.begin():
-            r = await s.get(MessageRow, row.id)
-            if r is not None:
-                r.status = "delivered"
-                r.external_id = str(ext)
-                r.delivered_at = utcnow()
-                r.attempts += 1
+        async with self.db.session() as s, s.begin():  # one statement: this runs once per message sent
+            await s.execute(update(MessageRow).where(MessageRow.id == row.id).values(
+                status="delivered", external_id=str(ext), delivered_at=utcnow(), attempts=MessageRow.attempts + 1))
         self.delivered += 1
         for obs in self.observers:
             try:

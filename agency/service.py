@@ -73,7 +73,7 @@ def build_model_set(settings: Settings, *, dry_run: bool | None = None) -> Model
         base = t.base_url or settings.llm.base_url
         if base not in providers:
             providers[base] = OpenAIModel(model=t.model, base_url=base, api_key=key, mode=settings.llm.mode,
-                                          timeout=settings.llm.timeout_seconds)
+                                          timeout=settings.llm.timeout_seconds, transport=settings.llm.http_transport)
         tiers[name] = (providers[base], t.model)
     return ModelSet(tiers, settings.llm.default_tier, simulated=False)
 

@@ -59,6 +59,9 @@ class LLMSettings(_Section):
     )
     circuit_failures: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(30.0, gt=0)
+    # the OpenAI SDK's HTTP transport: aiohttp (the SDK's advice for concurrency; about 40% less CPU per
+    # call in bench/) or httpx (the SDK's default)
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
 class RoutingSettings(_Section):

@@ -81,6 +81,18 @@ def _estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def _aiohttp_client(timeout: float) -> Any:
+    """The SDK's aiohttp transport (``openai[aiohttp]``), or None (the SDK's httpx) where this SDK lacks it."""
+    factory = getattr(openai, "DefaultAioHttpClient", None)
+    if factory is None:
+        return None
+    try:
+        return factory(timeout=timeout)
+    except RuntimeError as e:  # the SDK without its aiohttp extra
+        log.info("aiohttp transport unavailable (%s); using httpx", e)
+        return None
+
+
 class OpenAIModel:
     """A :class:`~agency.llm.base.ChatModel` backed by any OpenAI-compatible endpoint."""
 
@@ -94,9 +106,12 @@ class OpenAIModel:
         timeout: float = 60.0,
         http_client: Any = None,
         name: str | None = None,
+        transport: Literal["aiohttp", "httpx"] = "aiohttp",
     ) -> None:
         if mode != "auto" and mode not in _MODES:
             raise ValueError(f"unknown structured-output mode {mode!r}; use auto, json_schema, json_object or tool")
+        if transport not in ("aiohttp", "httpx"):
+            raise ValueError(f"unknown HTTP transport {transport!r}; use aiohttp or httpx")
         self.model = model
         self.base_url = base_url
         self.mode: StructuredMode | Literal["auto"] = mode
@@ -104,6 +119,8 @@ class OpenAIModel:
         self.name = name or f"openai:{model}"
         self._secret = api_key or ""
         self._owns_http_client = http_client is None
+        if http_client is None and transport == "aiohttp":
+            http_client = _aiohttp_client(timeout)
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "not-needed",

@@ -48,11 +48,13 @@ def model_for(srv: MockOpenAIServer, **kw: Any) -> OpenAIModel:
     return OpenAIModel(model="test-model", base_url=srv.base_url, api_key=SECRET, **kw)
 
 
-@pytest.fixture
-async def make_model(server: MockOpenAIServer) -> AsyncIterator[Any]:
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def make_model(server: MockOpenAIServer, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Every provider test runs over both HTTP transports the SDK offers (settings: llm.http_transport)."""
     made: list[OpenAIModel] = []
 
     def factory(**kw: Any) -> OpenAIModel:
+        kw.setdefault("transport", request.param)
         m = model_for(server, **kw)
         made.append(m)
         return m
@@ -292,11 +294,12 @@ async def test_dropped_connection_is_transient(server: MockOpenAIServer, make_mo
     assert_no_secret(info.value)
 
 
-async def test_connection_refused_is_transient() -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_connection_refused_is_transient(transport: str) -> None:
     srv = MockOpenAIServer()
     url = await srv.start()
     await srv.stop()  # nothing listens on that port any more
-    m = OpenAIModel(model="x", base_url=url, api_key=SECRET, timeout=2.0)
+    m = OpenAIModel(model="x", base_url=url, api_key=SECRET, timeout=2.0, transport=transport)  # type: ignore[arg-type]
     try:
         with pytest.raises(TransientModelError) as info:
             await m.generate(make_request())
@@ -345,6 +348,11 @@ async def test_missing_usage_is_estimated(make_model: Any) -> None:
             await m.aclose()
     assert reply.completion_tokens == 10
     assert reply.prompt_tokens == mock.estimate_tokens("You are a careful assistant.What is the answer?")
+
+
+def test_unknown_transport_rejected() -> None:
+    with pytest.raises(ValueError, match="aiohttp or httpx"):
+        OpenAIModel(model="x", base_url="http://127.0.0.1:1/v1", api_key=None, transport="curl")  # type: ignore[arg-type]
 
 
 def test_unknown_mode_rejected() -> None:
