@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from agency import commands as cmdlib
 from agency import dag
@@ -740,11 +741,10 @@ class Engine:
     async def _work_task(self, pid: int, tid: int) -> None:
         """Drive one task until it is done, blocked or awaiting the Director."""
         while not self._stopping and pid not in self._halting:
-            async with self.db.session() as s:
-                t = await s.get(TaskRow, tid)
-                assert t is not None
-                status = t.status
-                human = (await s.get(MemberRow, t.assignee_id)).kind == "human"  # type: ignore[union-attr]
+            async with self.db.session() as s:  # one statement: this runs before every turn and review
+                status, kind = (await s.execute(select(TaskRow.status, MemberRow.kind).join(MemberRow, MemberRow.id == TaskRow.assignee_id)
+                                                .where(TaskRow.id == tid))).one()
+                human = kind == "human"
             if status == "running":
                 if human:
                     return  # a person works on it; their /submit wakes the project
@@ -1000,11 +1000,13 @@ class Engine:
             await self._escalate(pid, tid, escalate_reason)
 
     async def _complete(self, s: AsyncSession, p: ProjectRow, t: TaskRow) -> None:
+        now = _now()
         n = (await s.execute(update(TaskRow).where(TaskRow.id == t.id, TaskRow.status.in_(("review", "approval", "blocked")))
-                             .values(status="done", finished_at=_now(), completions=TaskRow.completions + 1))).rowcount
+                             .values(status="done", finished_at=now, completions=TaskRow.completions + 1))).rowcount
         if not n:
             return
-        await s.refresh(t)
+        for name, value in (("status", "done"), ("finished_at", now), ("completions", (t.completions or 0) + 1)):
+            set_committed_value(t, name, value)  # what the UPDATE wrote, without a re-read
         dependents = list((await s.execute(select(TaskRow).join(TaskDepRow, TaskDepRow.task_id == TaskRow.id).where(TaskDepRow.depends_on_id == t.id))).scalars())
         if dependents:
             st = await s.get(StreamRow, t.stream_id)
