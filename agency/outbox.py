@@ -89,6 +89,7 @@ class OutboxDispatcher:
                         return sent
                     if row.address in stuck:
                         continue  # keep per-space order: a failed message holds back the ones after it
+                    await asyncio.sleep(0)  # database calls run on the loop's thread: let other work in between messages
                     ok = await self._deliver(row)
                     if ok:
                         sent += 1

@@ -32,6 +32,7 @@ from agency.errors import AgencyError, CommandError, NotFoundError, PermissionDe
 from agency.llm.client import CallContext, LLMClient, ModelSet
 from agency.llm.simulated import NOTICE, SimulatedModel
 from agency.llm.usage import format_usd
+from agency.logs import redact
 from agency.models import TERMINAL, Actor, MemberInfo, ProjectInfo, StatusReport, TaskInfo
 from agency.outbox import OutboxDispatcher
 from agency.ports import ChatPort
@@ -174,7 +175,7 @@ class AgencyService:
         if actor is not None and not actor.is_director:
             raise PermissionDeniedError("Only the Director can start a project.")
         try:
-            req = ProjectRequest(objective=objective, oversight=oversight or self.settings.engine.default_oversight,
+            req = ProjectRequest(objective=redact(objective or ""), oversight=oversight or self.settings.engine.default_oversight,
                                  budget_usd=budget_usd if budget_usd is not None else self.settings.engine.budget_usd,
                                  budget_tokens=budget_tokens if budget_tokens is not None else self.settings.engine.budget_tokens)
         except ValidationError as e:
@@ -314,6 +315,7 @@ class AgencyService:
         async with self._status_lock:
             dirty, self._status_dirty = self._status_dirty, set()
             for pid in sorted(dirty):
+                await asyncio.sleep(0)  # one project's status at a time, other work in between
                 try:
                     await self.post_status(pid)
                 except Exception:
@@ -421,7 +423,7 @@ class AgencyService:
 
     async def decide(self, approval_id: int, approved: bool, actor: Actor, *, reason: str | None = None, choice: int | None = None) -> str:
         self._need_director(actor)
-        return await self.engine.decide(approval_id, approved, actor=actor.name, reason=reason, choice=choice)
+        return await self.engine.decide(approval_id, approved, actor=actor.name, reason=redact(reason) if reason else reason, choice=choice)
 
     async def approve(self, project_id: int, actor: Actor, *, choice: int | None = None, approved: bool = True, reason: str | None = None) -> str:
         """Decide the project's oldest pending approval."""
@@ -429,7 +431,7 @@ class AgencyService:
         a = await self.engine.pending_approval(project_id)
         if a is None:
             raise AgencyError(f"Project #{project_id} is not waiting for an approval.")
-        return await self.engine.decide(a.id, approved, actor=actor.name, reason=reason, choice=choice)
+        return await self.engine.decide(a.id, approved, actor=actor.name, reason=redact(reason) if reason else reason, choice=choice)
 
     async def approval_info(self, approval_id: int) -> tuple[int, str, str]:
         async with self.db.session() as s:
@@ -445,6 +447,7 @@ class AgencyService:
             self._need_director(actor)
         if rating is not None and not 1 <= rating <= 5:
             raise AgencyError("A rating is a whole number from 1 to 5.")
+        text = redact(text or "")
         async with self.db.session() as s:
             a = await self._agency(s, agency_external_id)
             m = await repos.member_by_handle(s, a.id, handle)
@@ -580,7 +583,7 @@ class AgencyService:
 
     async def handle_message(self, agency_external_id: str, address: str, actor: Actor, text: str) -> CommandResult | None:
         """A person wrote in a project space. Commands run; other text reaches the addressed member."""
-        text = (text or "").strip()
+        text = redact((text or "").strip())  # a secret a person pastes is never stored, relayed or sent to a model
         if not text:
             return None
         if text.startswith("/"):
@@ -638,7 +641,7 @@ class AgencyService:
 
     async def run_command(self, agency_external_id: str, address: str, actor: Actor, text: str) -> CommandResult:
         """Parse, authorize and execute a command a person typed."""
-        cmd = cmdlib.parse(text)
+        cmd = cmdlib.parse(redact(text or ""))
         async with self.db.session() as s:
             a = await self._agency(s, agency_external_id)
             member = await repos.member_by_user(s, a.id, actor.external_user_id) if actor.external_user_id else None
@@ -819,6 +822,7 @@ class AgencyService:
         from agency.recall import store_knowledge
 
         self._need_director(actor)
+        text = redact(text or "")
         if self.memory is None:
             raise AgencyError("Memory is off in this agency (memory.enabled = false).")
         if not (text or "").strip():
@@ -867,6 +871,7 @@ class AgencyService:
     async def ask_learning_manager(self, agency_external_id: str, text: str, actor: Actor, *, address: str = "hq") -> str:
         """A person wrote to @Learning-Manager: it answers, and may evaluate, revise or store a lesson."""
         self._need_director(actor)
+        text = redact(text or "")
         lm = self._need_learning()
         async with self.db.session() as s:
             a = await self._agency(s, agency_external_id)

@@ -277,6 +277,7 @@ async def _run_projects(service: AgencyService, shape: Shape, n: int, timeout: f
     pids = []
     t0 = time.perf_counter()
     for i in range(n):
+        await asyncio.sleep(0)  # each /project new is its own event, as when Directors send them: other work runs in between
         info = await service.new_project(
             AGENCY, f"Benchmark project {i + 1}: write a short report on espresso grinders {shape_tag(shape)}",
             oversight="autonomous", actor=DIRECTOR,

@@ -107,3 +107,24 @@ def test_which_errors_are_waited_for() -> None:
     assert _retryable(_error(sqlite3.SQLITE_BUSY | (1 << 8)))  # SQLITE_BUSY_RECOVERY
     assert not _retryable(_error(517))  # SQLITE_BUSY_SNAPSHOT: waiting cannot cure a stale read snapshot
     assert not _retryable(_error(sqlite3.SQLITE_READONLY))
+
+
+async def test_the_loop_gets_a_turn_between_statements(tmp_path: Path) -> None:
+    """A long run of statements in one session does not starve other tasks (as aiosqlite's hops did not)."""
+    db = await _db(tmp_path)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    t = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    async with db.session() as s, s.begin():
+        for i in range(100):
+            await s.execute(text(INSERT), {"x": f"n{i}"})
+    t.cancel()
+    assert turns >= 100  # at least one turn per statement
+    await db.dispose()

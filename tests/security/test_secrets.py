@@ -106,3 +106,39 @@ async def test_a_model_echoing_secrets_leaves_none_behind(make_service, settings
     # the models never saw it again either: every later prompt carries the redacted text
     later = [r for r in model.requests if "[REDACTED]" in "".join(m["content"] for m in r.messages)]
     assert later and not any(x in "".join(m["content"] for m in r.messages) for r in model.requests for x in secrets)
+
+
+async def test_secrets_a_person_pastes_are_kept_nowhere(make_service, settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Director pastes a key into the objective, a message, a command, feedback and a reject reason:
+    the database, the chat and every prompt carry "[REDACTED]" instead."""
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    model = ScriptedModel({"WorkPlan": [DIAMOND]})
+    chat = ConsoleChat(quiet=True)
+    service = await make_service(model, chat=chat)
+    info = await service.new_project(AGENCY, f"{OBJECTIVE}; our key is {API_KEY}", oversight="plan", actor=DIRECTOR)
+    from tests.conftest import wait_for
+
+    await wait_for(lambda: service.engine.pending_approval(info.id))
+    await service.handle_message(AGENCY, f"overview:{info.id}", DIRECTOR, f"Use the token {TOKEN} if you need it. {BEARER}")
+    await service.run_command(AGENCY, f"overview:{info.id}", DIRECTOR, f"/feedback @PM 4 fine, and here is {API_KEY}")
+    await service.feedback(AGENCY, "PM", 3, f"again {API_KEY}", DIRECTOR)
+    await service.approve(info.id, DIRECTOR, choice=1)  # the approach
+    await wait_for(lambda: service.engine.pending_approval(info.id))
+    await service.approve(info.id, DIRECTOR, approved=False, reason=f"redo it without {API_KEY}")  # the plan, rejected
+    await wait_for(lambda: service.engine.pending_approval(info.id))
+    await service.approve(info.id, DIRECTOR)
+    assert await drive(service, info.id) == "done"
+    await service.settle()
+
+    secrets = (API_KEY, TOKEN, "abcdefghijklmnop0123456789")
+    con = sqlite3.connect(settings.data_dir / "ateams.db")
+    try:
+        dump = "\n".join(con.iterdump())
+    finally:
+        con.close()
+    assert dump.count("[REDACTED]") >= 5
+    assert not any(x in dump for x in secrets)
+    sent = "\n".join(m.content + (m.attachment_text or "") for m in chat.sent)
+    assert "[REDACTED]" in sent and not any(x in sent for x in secrets)
+    prompts = "\n".join(m["content"] for r in model.requests for m in r.messages)
+    assert "[REDACTED]" in prompts and not any(x in prompts for x in secrets)
