@@ -757,15 +757,12 @@ class Engine:
     async def _specialist_turn(self, pid: int, tid: int) -> None:
         cfg = self.settings.engine
         async with self.db.session() as s:
-            t = await s.get(TaskRow, tid)
-            p = await s.get(ProjectRow, pid)
-            assert t is not None and p is not None
+            f = await repos.task_frame(s, tid)
+            t, p, m = f.task, f.project, f.assignee
             if t.step >= cfg.turn_steps:
                 await s.commit()
                 await self._escalate(pid, tid, f"no submission after {cfg.turn_steps} turns")
                 return
-            m = await s.get(MemberRow, t.assignee_id)
-            assert m is not None
             sysmsg = await repos.active_system_message(s, m.id)
             definition = SpecialistDefinition.model_validate(m.definition) if m.definition else None
             custom = [(c.name, c.description) for c in definition.custom_commands] if definition else []
@@ -809,9 +806,8 @@ class Engine:
         if turn.tools:
             answers += await self._run_tools(pid, tid, handle, turn)
         async with self.db.session() as s:
-            t = await s.get(TaskRow, tid)
-            p = await s.get(ProjectRow, pid)
-            assert t is not None and p is not None
+            f = await repos.task_frame(s, tid)
+            t, p = f.task, f.project
             if t.status != "running" or t.step != step:
                 return  # already applied (a concurrent resume)
             aid = p.agency_id
@@ -927,12 +923,8 @@ class Engine:
     async def _review(self, pid: int, tid: int) -> None:
         cfg = self.settings.engine
         async with self.db.session() as s:
-            t = await s.get(TaskRow, tid)
-            p = await s.get(ProjectRow, pid)
-            assert t is not None and p is not None
-            st = await s.get(StreamRow, t.stream_id)
-            assert st is not None
-            collab = await s.get(MemberRow, st.collaborator_id) if st.collaborator_id else None
+            f = await repos.task_frame(s, tid)
+            t, p, st, collab = f.task, f.project, f.stream, f.collaborator
             chandle = collab.handle if collab else "Collaborator"
             task_view = await self._task_view(s, t)
             msgs = collab_role.review_messages(chandle, st.key, st.goal, task_view, t.output or "", t.revision, cfg.max_revisions)
@@ -944,13 +936,10 @@ class Engine:
         review = await self.llm.call(Review, msgs, ctx)
         escalate_reason: str | None = None
         async with self.db.session() as s:
-            t = await s.get(TaskRow, tid)
-            p = await s.get(ProjectRow, pid)
-            assert t is not None and p is not None
+            f = await repos.task_frame(s, tid)  # also puts the stream and its Collaborator in the session for _complete
+            t, p, assignee = f.task, f.project, f.assignee
             if t.status != "review" or t.revision != revision:
                 return
-            assignee = await s.get(MemberRow, t.assignee_id)
-            assert assignee is not None
             # one mark per criterion, in order; a criterion the review did not mark is not verified
             marks = [*review.criteria_met, *[False] * max(len(t.success_criteria) - len(review.criteria_met), 0)]
             met = sum(1 for x in marks[: len(t.success_criteria)] if x)

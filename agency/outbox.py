@@ -19,11 +19,15 @@ MAX_ATTEMPTS = 5
 
 
 class OutboxDispatcher:
-    def __init__(self, db: Database, chat: ChatPort, ready: asyncio.Event | None = None, *, poll_seconds: float = 1.0) -> None:
+    def __init__(self, db: Database, chat: ChatPort, ready: asyncio.Event | None = None, *, poll_seconds: float = 1.0,
+                 gather_seconds: float = 0.05) -> None:
         self.db = db
         self.chat = chat
         self.ready = ready or asyncio.Event()
         self.poll_seconds = poll_seconds
+        # after a wake, wait this long so a burst of engine steps finishes (and sends its model requests)
+        # before the sends start: delivery then runs while the models think, off the project's critical path
+        self.gather_seconds = gather_seconds
         self.delivered = 0
         self.observers: list[Callable[[OutboundMessage, float], None]] = []  # (message, seconds to send)
         self._task: asyncio.Task[None] | None = None
@@ -58,6 +62,8 @@ class OutboxDispatcher:
                     await self.ready.wait()
             except TimeoutError:
                 pass
+            if self.ready.is_set() and self.gather_seconds > 0:
+                await asyncio.sleep(self.gather_seconds)
             self.ready.clear()
             try:
                 await self.drain()

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from agency.db.tables import MemberRow, ProjectRow, StreamRow, SystemMessageRow, TaskDepRow, TaskRow
 from agency.ports import Memory, MemoryEntry, MemoryHit
@@ -51,6 +51,7 @@ __all__ = [
 
 Recall = Callable[[int, str, str | None, str, int | None], Awaitable[tuple[str, list[dict[str, Any]]]]]
 RecordFn = Callable[[Any, int], Awaitable[dict[str, Any]]]
+RecordsFn = Callable[[Any, list[int]], Awaitable[dict[int, dict[str, Any]]]]
 
 AGENCY_LESSON = "agency"  # ``source`` of lessons meant for every member
 WORK_CHARS = 3000  # stored per task output
@@ -180,11 +181,13 @@ def _pack(items: list[_Item], budget_tokens: int) -> tuple[list[str], list[_Item
 
 
 class _Recaller:
-    def __init__(self, memory: Memory | None, settings: Settings, db: Any = None, record: RecordFn | None = None) -> None:
+    def __init__(self, memory: Memory | None, settings: Settings, db: Any = None, record: RecordFn | None = None,
+                 records: RecordsFn | None = None) -> None:
         self.memory = memory
         self.settings = settings
         self.db = db
         self.record = record
+        self.records = records  # the batched form of ``record``, when the caller has one
         self._synced: set[int] = set()  # task ids whose output this process stored
         self._locks: dict[int, asyncio.Lock] = {}
 
@@ -276,14 +279,17 @@ class _Recaller:
                 select(MemberRow).where(MemberRow.agency_id == agency_id, MemberRow.kind == "specialist", MemberRow.active == 1)
                 .order_by(MemberRow.handle).limit(_MAX_RECORDS)
             )).scalars().all()
+            ids = [m.id for m in members]
+            records = await self.records(s, ids) if self.records is not None else {i: await self.record(s, i) for i in ids}
+            versions = dict((await s.execute(
+                select(SystemMessageRow.member_id, func.max(SystemMessageRow.version))
+                .where(SystemMessageRow.member_id.in_(ids), SystemMessageRow.status == "active").group_by(SystemMessageRow.member_id)
+            )).all()) if ids else {}
             for mem in members:
-                r = await self.record(s, mem.id)
+                r = records[mem.id]
                 if not r.get("tasks_done") and not r.get("reviews"):
                     continue
-                version = (await s.execute(
-                    select(SystemMessageRow.version).where(SystemMessageRow.member_id == mem.id, SystemMessageRow.status == "active")
-                    .order_by(SystemMessageRow.version.desc()).limit(1)
-                )).scalar()
+                version = versions.get(mem.id)
                 out.append((f"- @{mem.handle} ({mem.role}): {render_record(r)}" + (f"; system message v{version}" if version else ""), mem.id))
         return out
 
@@ -305,11 +311,12 @@ def render_record(r: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def make_recall(memory: Memory | None, settings: Settings, *, db: Any = None, record: RecordFn | None = None) -> Recall:
+def make_recall(memory: Memory | None, settings: Settings, *, db: Any = None, record: RecordFn | None = None,
+                records: RecordsFn | None = None) -> Recall:
     """The engine's ``recall`` hook: ``(agency_id, handle, role, query, project_id) -> (text, retrieved)``.
 
     ``db`` lets it store a project's finished outputs before searching them and
     skip the outputs the prompt already has; ``record`` (``AgencyService.record``)
     adds the stored specialists' track records to the PM's memories.
     """
-    return _Recaller(memory, settings, db, record)
+    return _Recaller(memory, settings, db, record, records)

@@ -479,28 +479,45 @@ class AgencyService:
 
     async def record(self, s: Any, member_id: int) -> dict[str, Any]:
         """Performance figures of a member: tasks, acceptance, revisions, escalations, tokens and latency."""
-        done = (await s.execute(select(func.count(TaskRow.id)).where(TaskRow.assignee_id == member_id, TaskRow.status == "done"))).scalar() or 0
-        fb = list((await s.execute(select(FeedbackRow.source, FeedbackRow.rating).where(FeedbackRow.member_id == member_id))).all())
-        reviews = [r for src, r in fb if src == "review"]
-        accepted = sum(1 for r in reviews if r and r >= 4)
-        revisions = sum(1 for src, _ in fb if src == "revision")
-        escalations = sum(1 for src, _ in fb if src == "escalation")
-        tokens, latency, calls = (await s.execute(select(
-            func.coalesce(func.sum(LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens), 0),
-            func.coalesce(func.avg(LLMCallRow.latency_ms), 0.0), func.count(LLMCallRow.id)).where(LLMCallRow.member_id == member_id))).one()
-        ratings = [r for src, r in fb if src in ("director", "reaction") and r]
-        return {
-            "tasks_done": int(done),
-            "reviews": len(reviews),
-            "acceptance_rate": round(accepted / len(reviews), 3) if reviews else None,
-            "revisions_per_task": round(revisions / done, 3) if done else None,
-            "escalations": escalations,
-            "tokens": int(tokens),
-            "tokens_per_task": round(tokens / done, 1) if done else None,
-            "avg_latency_ms": round(float(latency), 1),
-            "calls": int(calls),
-            "director_rating": round(sum(ratings) / len(ratings), 2) if ratings else None,
-        }
+        return (await self.records(s, [member_id]))[member_id]
+
+    async def records(self, s: Any, member_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """:meth:`record` of several members at once: three grouped queries, whatever their number."""
+        ids = list(dict.fromkeys(member_ids))
+        if not ids:
+            return {}
+        done = dict((await s.execute(select(TaskRow.assignee_id, func.count(TaskRow.id))
+                                     .where(TaskRow.assignee_id.in_(ids), TaskRow.status == "done").group_by(TaskRow.assignee_id))).all())
+        fb: dict[int, list[tuple[str, int | None]]] = {i: [] for i in ids}
+        for mid, src, rating in (await s.execute(select(FeedbackRow.member_id, FeedbackRow.source, FeedbackRow.rating)
+                                                 .where(FeedbackRow.member_id.in_(ids)))).all():
+            fb[mid].append((src, rating))
+        calls = {mid: (tokens, latency, n) for mid, tokens, latency, n in (await s.execute(select(
+            LLMCallRow.member_id, func.coalesce(func.sum(LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens), 0),
+            func.coalesce(func.avg(LLMCallRow.latency_ms), 0.0), func.count(LLMCallRow.id))
+            .where(LLMCallRow.member_id.in_(ids)).group_by(LLMCallRow.member_id))).all()}
+        out: dict[int, dict[str, Any]] = {}
+        for mid in ids:
+            n_done = int(done.get(mid, 0))
+            reviews = [r for src, r in fb[mid] if src == "review"]
+            accepted = sum(1 for r in reviews if r and r >= 4)
+            revisions = sum(1 for src, _ in fb[mid] if src == "revision")
+            escalations = sum(1 for src, _ in fb[mid] if src == "escalation")
+            tokens, latency, n_calls = calls.get(mid, (0, 0.0, 0))
+            ratings = [r for src, r in fb[mid] if src in ("director", "reaction") and r]
+            out[mid] = {
+                "tasks_done": n_done,
+                "reviews": len(reviews),
+                "acceptance_rate": round(accepted / len(reviews), 3) if reviews else None,
+                "revisions_per_task": round(revisions / n_done, 3) if n_done else None,
+                "escalations": escalations,
+                "tokens": int(tokens),
+                "tokens_per_task": round(tokens / n_done, 1) if n_done else None,
+                "avg_latency_ms": round(float(latency), 1),
+                "calls": int(n_calls),
+                "director_rating": round(sum(ratings) / len(ratings), 2) if ratings else None,
+            }
+        return out
 
     async def add_human(self, agency_external_id: str, address: str, user_id: str, display_name: str, actor: Actor) -> str:
         self._need_director(actor)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from agency.db.tables import (
     AgencyRow,
@@ -212,3 +213,30 @@ async def project_frame(s: AsyncSession, project_id: int) -> ProjectFrame:
     streams = {r.id: r.key for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == project_id))).scalars()}
     members = {m.id: m.handle for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == p.agency_id))).scalars()}
     return ProjectFrame(p, tasks, streams, members)
+
+
+@dataclass
+class TaskFrame:
+    """A task with the rows its steps read: its project, assignee, stream and the stream's Collaborator."""
+
+    task: TaskRow
+    project: ProjectRow
+    assignee: MemberRow
+    stream: StreamRow
+    collaborator: MemberRow | None
+
+
+async def task_frame(s: AsyncSession, task_id: int) -> TaskFrame:
+    """One statement for what every work turn and review reads first (they run for every task, twice or more)."""
+    collab = aliased(MemberRow)
+    row = (await s.execute(
+        select(TaskRow, ProjectRow, MemberRow, StreamRow, collab)
+        .join(ProjectRow, ProjectRow.id == TaskRow.project_id)
+        .join(MemberRow, MemberRow.id == TaskRow.assignee_id)
+        .join(StreamRow, StreamRow.id == TaskRow.stream_id)
+        .outerjoin(collab, collab.id == StreamRow.collaborator_id)
+        .where(TaskRow.id == task_id)
+    )).one_or_none()
+    if row is None:
+        raise NotFoundError(f"There is no task #{task_id}.")
+    return TaskFrame(*row)

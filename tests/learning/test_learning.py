@@ -15,6 +15,7 @@ from agency.db.tables import (
     MemberRow,
     MessageRow,
     SystemMessageRow,
+    TaskRow,
 )
 from agency.errors import AgencyError, NotFoundError, PermissionDeniedError
 from agency.learning import LEARNING_HANDLE, reaction_rating, system_message_diff
@@ -208,6 +209,16 @@ async def test_approving_changes_the_next_prompt_and_rollback_restores_it(build:
     pm_plan = (await _rows(service, LLMCallRow, LLMCallRow.project_id == p2, LLMCallRow.purpose == "plan"))[-1]
     assert "Track record of the stored specialists" in pm_plan.request["messages"][1]["content"]
     assert "@Writer-A (writer): 2 tasks done, acceptance 100%" in pm_plan.request["messages"][1]["content"]
+    assert "system message v2" in pm_plan.request["messages"][1]["content"]
+    # the records come from grouped queries: each member's figures are its own
+    members = [await _member(service, h) for h in ("Writer-A", "Researcher-A", "Analyst-A")]
+    async with service.db.session() as s:
+        batch = await service.records(s, [m.id for m in members])
+    for m in members:
+        done = await _rows(service, TaskRow, TaskRow.assignee_id == m.id, TaskRow.status == "done")
+        calls = await _rows(service, LLMCallRow, LLMCallRow.member_id == m.id)
+        assert batch[m.id]["tasks_done"] == len(done) > 0
+        assert batch[m.id]["calls"] == len(calls) and batch[m.id]["tokens"] == sum(c.prompt_tokens + c.completion_tokens for c in calls)
     assert any(r["kind"] == "record" for r in pm_plan.retrieved)
     assert all(MARKER not in _system(c) for c in await _work_prompts(service, "Researcher-A", p2))
 
