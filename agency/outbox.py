@@ -34,6 +34,9 @@ class OutboxDispatcher:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._spaces: dict[tuple[int, str], tuple[SpaceSpec, str]] = {}
+        # rows that may have gone out before a crash: the first pending row of each space when this process
+        # first looks (delivery is one message at a time, so at most that one was in flight); None = not looked yet
+        self._maybe_sent: set[int] | None = None
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -86,6 +89,11 @@ class OutboxDispatcher:
                     rows = list((await s.execute(
                         select(MessageRow).where(MessageRow.direction == "out", MessageRow.status == "pending").order_by(MessageRow.id).limit(200)
                     )).scalars())
+                if self._maybe_sent is None:
+                    firsts: dict[str, int] = {}
+                    for row in rows:
+                        firsts.setdefault(row.address, row.id)
+                    self._maybe_sent = set(firsts.values())
                 if not rows:
                     return sent
                 stuck: set[str] = set()
@@ -154,7 +162,7 @@ class OutboxDispatcher:
                 id=row.id, agency_external_id=spec.agency_external_id, space=spec, persona=row.persona,
                 content=row.content, kind=row.kind, attachment_name=row.attachment_name, attachment_text=row.attachment_text,
                 approval_id=row.approval_id, approval_options=options, mention_user_ids=list(row.mentions or []),
-                upsert_key=row.upsert_key, nonce=f"ateams-{row.id}",
+                upsert_key=row.upsert_key, nonce=f"ateams-{row.id}", maybe_sent=row.id in (self._maybe_sent or ()),
             )
             started = time.perf_counter()
             if previous:
@@ -180,6 +188,8 @@ class OutboxDispatcher:
             await s.execute(update(MessageRow).where(MessageRow.id == row.id).values(
                 status="delivered", external_id=str(ext), delivered_at=utcnow(), attempts=MessageRow.attempts + 1))
         self.delivered += 1
+        if self._maybe_sent:
+            self._maybe_sent.discard(row.id)
         for obs in self.observers:
             try:
                 obs(msg, elapsed)

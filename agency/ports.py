@@ -58,6 +58,9 @@ class OutboundMessage:
     mention_user_ids: list[str] = field(default_factory=list)  # real people to mention
     upsert_key: str | None = None  # when set, edit the earlier message with this key instead of posting
     nonce: str = ""  # stable per row: lets an adapter make a resend idempotent
+    # the process may have sent it before it died (a send whose "delivered" mark was never written):
+    # an adapter that can look should find it and return its id instead of posting it again
+    maybe_sent: bool = False
 
 
 @runtime_checkable

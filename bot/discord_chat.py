@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBHOOK_NAME = "A-TEAMs"
+RECENT_CHECK = 50  # messages read back when a resend after a crash may be a duplicate
 THREAD_ARCHIVE_MINUTES = 10080  # a week: specialists' threads stay open between turns
 _COLOURS = (0x5865F2, 0x57F287, 0xFEE75C, 0xEB459E, 0xED4245, 0x3BA55C, 0xFAA61A, 0x9B59B6)
 
@@ -410,13 +411,53 @@ class DiscordChat:
             # through a webhook the mention leads the text; in an embed it goes in the plain content
             content = f"{mention} {message.content}".strip() if mention and hook is not None else message.content
             chunks = split_message(content) or [message.attachment_name or "\u200b"]
+            if message.maybe_sent:  # the last process may have sent (part of) it before it died: look first
+                ids = await self._already_sent(thread or channel, hook, message, chunks)
             for i, chunk in enumerate(chunks):
+                if i < len(ids):
+                    continue
                 last = i == len(chunks) - 1
                 await pacer.turn()
                 sent = await self._send_one(channel, thread, hook, message, chunk, i, allowed,
                                             view if last else None, self._file(message) if last else None)
                 ids.append(sent.id)
         return str(ids[0])
+
+    async def _already_sent(self, dest: discord.abc.Messageable, hook: discord.Webhook | None, message: OutboundMessage,
+                            chunks: list[str]) -> list[int]:
+        """The ids of the leading ``chunks`` of ``message`` already in ``dest`` (recent history), in order.
+
+        Webhook sends carry no nonce, so a message sent just before a crash (and never marked delivered)
+        is recognised by its author (this persona through our webhook, or our bot's embed) and its text."""
+        name = persona_name(message.persona)
+        me = self.bot.user.id if self.bot is not None and self.bot.user is not None else None
+
+        def text(m: discord.Message) -> str | None:
+            if hook is not None and m.webhook_id == hook.id and m.author.name == name:
+                return m.content
+            if me is not None and m.author.id == me and m.embeds and m.embeds[0].author and m.embeds[0].author.name == name:
+                return m.embeds[0].description
+            return None
+
+        try:
+            recent = [m async for m in dest.history(limit=RECENT_CHECK)][::-1]  # oldest first
+        except Exception as e:  # noqa: BLE001 - e.g. no Read Message History: send, rather than risk losing it
+            log.warning("could not read recent messages to check for a resend (%s: %s); sending message %s", type(e).__name__, e, message.id)
+            return []
+        ours = [(m.id, t) for m in recent if (t := text(m)) is not None]  # a person may have written in between
+        for start in range(len(ours) - 1, -1, -1):  # the latest run of ours that starts with chunk 0
+            if ours[start][1] != chunks[0]:
+                continue
+            found = [ours[start][0]]
+            for k, chunk in enumerate(chunks[1:], start=1):
+                if start + k < len(ours) and ours[start + k][1] == chunk:
+                    found.append(ours[start + k][0])
+                else:
+                    break
+            log.info("message %s was already delivered before the restart (%d of %d part(s)); not posting it again",
+                     message.id, len(found), len(chunks))
+            return found
+        return []
 
     async def _send_one(self, channel: discord.TextChannel, thread: discord.Thread | None, hook: discord.Webhook | None,
                         message: OutboundMessage, chunk: str, index: int, allowed: discord.AllowedMentions,

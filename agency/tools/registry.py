@@ -8,6 +8,8 @@ execution, refusals included, goes to the optional ``recorder``.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import time
@@ -100,6 +102,7 @@ class ToolPolicy:
         return cls(**kwargs)
 
 
+@functools.cache
 def _schema_for_prompt(model: type[BaseModel]) -> str:
     """The Args JSON schema without titles: shorter, same meaning."""
 

@@ -613,6 +613,13 @@ def install(bot, monkeypatch, *, strict_limits: bool = True) -> Recorder:
 
     H = back.FakeHttp
     monkeypatch.setattr(H, "send_message", _wrap_send_message(H.send_message))
+    orig_logs_from = H.logs_from
+
+    async def logs_from(self, channel_id, limit, before=None, after=None, around=None):  # KeyError for a channel with no message yet
+        _raw_messages(channel_id)
+        return await orig_logs_from(self, int(channel_id), limit, before=before, after=after, around=around)
+
+    monkeypatch.setattr(H, "logs_from", logs_from)
     for name, fn in {
         "create_role": _create_role, "edit_role": _edit_role, "edit_channel": _edit_channel,
         "get_all_guild_channels": _get_all_guild_channels,

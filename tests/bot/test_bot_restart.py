@@ -8,6 +8,7 @@ from collections import Counter
 from sqlalchemy import select
 
 from agency.db.tables import MessageRow
+from agency.ports import OutboundMessage
 from bot_harness import eventually, start_harness, stop_harness, text_of
 
 MENTIONS = re.compile(r"^(<@&?\d+> )+")
@@ -89,5 +90,39 @@ async def test_restart_delivers_the_outbox_once_and_buttons_still_work(settings,
         ids = [r.external_id for r in await _rows(h2, "delivered") if r.upsert_key is None]
         assert len(ids) == len(set(ids))
         assert not await _rows(h2, "pending", "failed")
+    finally:
+        await stop_harness(h2)
+
+
+async def test_a_message_sent_just_before_a_crash_is_not_posted_again(settings, monkeypatch):
+    """The process posts a message and dies before marking it delivered: the next process finds it in the
+    channel (webhook posts carry no nonce) and records its id instead of posting it a second time."""
+    h1 = await start_harness(settings, monkeypatch)
+    await h1.setup_agency()
+    await h1.slash("project new", objective="Write a brief on espresso machines")
+    await h1.approval_message(1, "approach")
+    await _quiesce(h1)
+    await h1.slash("project pause")  # "paused by ..." stays in the outbox
+    (row,) = [r for r in await _rows(h1, "pending") if "paused by" in r.content]
+    # what the dispatcher does, minus the "delivered" mark: the post reaches Discord, then the process dies
+    d = h1.service.dispatcher
+    spec, space_ext = await d._space(row.agency_id, row.address)
+    msg = OutboundMessage(id=row.id, agency_external_id=spec.agency_external_id, space=spec, persona=row.persona,
+                          content=row.content, kind=row.kind, mention_user_ids=list(row.mentions or []))
+    first_id = await h1.chat.send(msg, space_ext)
+    await _crash(h1)
+    sends_before = len(h1.rec.webhook_sends)
+
+    h2 = await start_harness(settings, monkeypatch, first=False)
+    try:
+        async def drained() -> bool:
+            return not await _rows(h2, "pending")
+
+        await eventually(drained, what="the outbox to be delivered")
+        assert not [s for s in h2.rec.webhook_sends[sends_before:] if "paused by" in s["content"]]
+        overview = h2.channel("overview", h2.category_of(1))
+        assert sum("paused by" in m["content"] for m in h2.messages(overview)) == 1
+        (marked,) = [r for r in await _rows(h2, "delivered") if r.id == row.id]
+        assert marked.external_id == first_id
     finally:
         await stop_harness(h2)
