@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -87,6 +87,24 @@ class FlightStats:
 
 
 LOCK_RETRIES = 5
+
+# Built once: constructing a SQLAlchemy statement costs more than SQLite running it, and these run
+# for every model call or task step.
+_PROJECT_GATE = select(ProjectRow.status, ProjectRow.budget_usd, ProjectRow.budget_tokens).where(ProjectRow.id == bindparam("pid"))
+_TASK_STEP = (select(TaskRow.status, MemberRow.kind).join(MemberRow, MemberRow.id == TaskRow.assignee_id)
+              .where(TaskRow.id == bindparam("tid")))
+_DEP_OUTPUTS = (select(TaskRow.key, TaskRow.output).join(TaskDepRow, TaskDepRow.depends_on_id == TaskRow.id)
+                .where(TaskDepRow.task_id == bindparam("tid")).order_by(TaskRow.key))
+_OTHER_OUTPUTS = select(TaskRow.key, TaskRow.output).where(
+    TaskRow.project_id == bindparam("pid"), TaskRow.id != bindparam("tid"), TaskRow.output.is_not(None))
+_COMPLETE = (update(TaskRow).where(TaskRow.id == bindparam("tid"), TaskRow.status.in_(("review", "approval", "blocked")))
+             .values(status="done", finished_at=bindparam("now"), completions=TaskRow.completions + 1)
+             .execution_options(synchronize_session=False))  # _complete sets what it wrote on the loaded row
+_PROJECT_TASKS = select(TaskRow).where(TaskRow.project_id == bindparam("pid"))  # the project loop, on every wake
+_PROJECT_STREAMS = select(StreamRow).where(StreamRow.project_id == bindparam("pid"))
+_AGENCY_HUMANS = select(MemberRow.id).where(MemberRow.agency_id == bindparam("aid"), MemberRow.kind == "human")
+_DEPENDENT_KEYS = (select(TaskRow.key).join(TaskDepRow, TaskDepRow.task_id == TaskRow.id)
+                   .where(TaskDepRow.depends_on_id == bindparam("tid")).order_by(TaskRow.key))
 
 
 def is_lock_timeout(e: BaseException) -> bool:
@@ -280,6 +298,15 @@ class Engine:
             return
         if self._stopping or ctx.project_id in self._halting:
             raise ProjectPaused()
+        async with self.db.engine.connect() as conn:  # the common case in one prebuilt read, no ORM session
+            gate = (await conn.execute(_PROJECT_GATE, {"pid": ctx.project_id})).one_or_none()
+        if gate is None:
+            return
+        status, budget_usd, budget_tokens = gate
+        if status in ("paused", "cancelled", "blocked") and ctx.purpose not in ("evaluate", "revise"):
+            raise ProjectPaused()
+        if budget_usd is None and budget_tokens is None:
+            return
         async with self.db.session() as s:
             p = await s.get(ProjectRow, ctx.project_id)
             if p is None:
@@ -613,9 +640,9 @@ class Engine:
                     assert p is not None
                     if p.status != "running":
                         return
-                    tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == pid))).scalars())
+                    tasks = list((await s.execute(_PROJECT_TASKS, {"pid": pid})).scalars())
                     deps = await repos.task_deps(s, pid)
-                    streams = {r.id: r for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == pid))).scalars()}
+                    streams = {r.id: r for r in (await s.execute(_PROJECT_STREAMS, {"pid": pid})).scalars()}
                     by_id = {t.id: t for t in tasks}
                     # close streams whose tasks are all done (milestones: ask the Director first)
                     changed = await self._close_streams(s, p, tasks, streams)
@@ -625,7 +652,7 @@ class Engine:
                         await self._commit(s, pid)
                         return
                     # resume tasks that were mid-flight (after a restart)
-                    humans = set((await s.execute(select(MemberRow.id).where(MemberRow.agency_id == p.agency_id, MemberRow.kind == "human"))).scalars())
+                    humans = set((await s.execute(_AGENCY_HUMANS, {"aid": p.agency_id})).scalars())
                     for t in tasks:
                         if t.status == "running" and t.assignee_id in humans:
                             continue  # a person is working on it; their /submit wakes the project
@@ -735,16 +762,14 @@ class Engine:
         return {"key": t.key, "title": t.title, "description": t.description, "success_criteria": t.success_criteria}
 
     async def _dep_outputs(self, s: AsyncSession, t: TaskRow) -> dict[str, str]:
-        rows = (await s.execute(select(TaskRow).join(TaskDepRow, TaskDepRow.depends_on_id == TaskRow.id).where(TaskDepRow.task_id == t.id).order_by(TaskRow.key))).scalars()
-        return {r.key: r.output or "" for r in rows}
+        return {key: output or "" for key, output in (await s.execute(_DEP_OUTPUTS, {"tid": t.id})).all()}
 
     async def _work_task(self, pid: int, tid: int) -> None:
         """Drive one task until it is done, blocked or awaiting the Director."""
         while not self._stopping and pid not in self._halting:
-            async with self.db.session() as s:  # one statement: this runs before every turn and review
-                status, kind = (await s.execute(select(TaskRow.status, MemberRow.kind).join(MemberRow, MemberRow.id == TaskRow.assignee_id)
-                                                .where(TaskRow.id == tid))).one()
-                human = kind == "human"
+            async with self.db.engine.connect() as conn:  # one prebuilt read: this runs before every turn and review
+                status, kind = (await conn.execute(_TASK_STEP, {"tid": tid})).one()
+            human = kind == "human"
             if status == "running":
                 if human:
                     return  # a person works on it; their /submit wakes the project
@@ -990,18 +1015,17 @@ class Engine:
 
     async def _complete(self, s: AsyncSession, p: ProjectRow, t: TaskRow) -> None:
         now = _now()
-        n = (await s.execute(update(TaskRow).where(TaskRow.id == t.id, TaskRow.status.in_(("review", "approval", "blocked")))
-                             .values(status="done", finished_at=now, completions=TaskRow.completions + 1))).rowcount
+        n = (await s.execute(_COMPLETE, {"tid": t.id, "now": now})).rowcount
         if not n:
             return
         for name, value in (("status", "done"), ("finished_at", now), ("completions", (t.completions or 0) + 1)):
             set_committed_value(t, name, value)  # what the UPDATE wrote, without a re-read
-        dependents = list((await s.execute(select(TaskRow).join(TaskDepRow, TaskDepRow.task_id == TaskRow.id).where(TaskDepRow.depends_on_id == t.id))).scalars())
+        dependents = list((await s.execute(_DEPENDENT_KEYS, {"tid": t.id})).scalars())
         if dependents:
             st = await s.get(StreamRow, t.stream_id)
             collab = await s.get(MemberRow, st.collaborator_id) if st and st.collaborator_id else None
             post(s, p.agency_id, p.id, stream_addr(t.stream_id), collab.handle if collab else SYSTEM,
-                 f"/handoff {t.key} -> {', '.join(d.key for d in dependents)}: output passed on.", kind="action")
+                 f"/handoff {t.key} -> {', '.join(dependents)}: output passed on.", kind="action")
         repos.event(s, p.id, "task_done", task_id=t.id, key=t.key)
 
     # -- escalation ------------------------------------------------------------------------------
@@ -1203,7 +1227,7 @@ class Engine:
             return None
         if t.revision > 0 and t.output and self._norm(t.output) == n:
             return "it repeats your previous submission unchanged; address the review notes"
-        others = (await s.execute(select(TaskRow.key, TaskRow.output).where(TaskRow.project_id == t.project_id, TaskRow.id != t.id, TaskRow.output.is_not(None)))).all()
+        others = (await s.execute(_OTHER_OUTPUTS, {"pid": t.project_id, "tid": t.id})).all()
         for key, other in others:
             if self._norm(other) == n:
                 return f"it repeats the output of {key}; do this task's own work"

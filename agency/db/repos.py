@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -131,13 +131,11 @@ async def get_or_create_agency(s: AsyncSession, external_id: str, name: str) -> 
     return row
 
 
+_MEMBER_BY_HANDLE = select(MemberRow).where(MemberRow.agency_id == bindparam("aid"), func.lower(MemberRow.handle) == bindparam("handle"))
+
+
 async def member_by_handle(s: AsyncSession, agency_id: int, handle: str) -> MemberRow | None:
-    handle = handle.lstrip("@")
-    return (
-        await s.execute(
-            select(MemberRow).where(MemberRow.agency_id == agency_id, func.lower(MemberRow.handle) == handle.lower())
-        )
-    ).scalar_one_or_none()
+    return (await s.execute(_MEMBER_BY_HANDLE, {"aid": agency_id, "handle": handle.lstrip("@").lower()})).scalar_one_or_none()
 
 
 async def member_by_user(s: AsyncSession, agency_id: int, user_id: str) -> MemberRow | None:
@@ -148,15 +146,13 @@ async def member_by_user(s: AsyncSession, agency_id: int, user_id: str) -> Membe
     ).scalar_one_or_none()
 
 
+_ACTIVE_SYSTEM_MESSAGE = (select(SystemMessageRow)  # built once: it runs before every model call of a member
+                          .where(SystemMessageRow.member_id == bindparam("mid"), SystemMessageRow.status == "active")
+                          .order_by(SystemMessageRow.version.desc()).limit(1))
+
+
 async def active_system_message(s: AsyncSession, member_id: int) -> SystemMessageRow | None:
-    return (
-        await s.execute(
-            select(SystemMessageRow)
-            .where(SystemMessageRow.member_id == member_id, SystemMessageRow.status == "active")
-            .order_by(SystemMessageRow.version.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
+    return (await s.execute(_ACTIVE_SYSTEM_MESSAGE, {"mid": member_id})).scalar_one_or_none()
 
 
 async def next_version(s: AsyncSession, member_id: int) -> int:
@@ -166,14 +162,12 @@ async def next_version(s: AsyncSession, member_id: int) -> int:
     return (v or 0) + 1
 
 
+_TASK_DEPS = (select(TaskDepRow.task_id, TaskDepRow.depends_on_id).join(TaskRow, TaskRow.id == TaskDepRow.task_id)
+              .where(TaskRow.project_id == bindparam("pid")))
+
+
 async def task_deps(s: AsyncSession, project_id: int) -> dict[int, list[int]]:
-    rows = (
-        await s.execute(
-            select(TaskDepRow.task_id, TaskDepRow.depends_on_id)
-            .join(TaskRow, TaskRow.id == TaskDepRow.task_id)
-            .where(TaskRow.project_id == project_id)
-        )
-    ).all()
+    rows = (await s.execute(_TASK_DEPS, {"pid": project_id})).all()
     out: dict[int, list[int]] = {}
     for t, d in rows:
         out.setdefault(t, []).append(d)
@@ -209,10 +203,19 @@ async def project_frame(s: AsyncSession, project_id: int) -> ProjectFrame:
     p = await s.get(ProjectRow, project_id)
     if p is None:
         raise NotFoundError(f"There is no project #{project_id}.")
-    tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == project_id).order_by(TaskRow.key))).scalars())
-    streams = {r.id: r.key for r in (await s.execute(select(StreamRow).where(StreamRow.project_id == project_id))).scalars()}
-    members = {m.id: m.handle for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == p.agency_id))).scalars()}
+    tasks = list((await s.execute(_PROJECT_TASKS, {"pid": project_id})).scalars())
+    streams = dict((await s.execute(_STREAM_KEYS, {"pid": project_id})).all())
+    members = dict((await s.execute(_PROJECT_MEMBERS, {"pid": project_id})).all())
     return ProjectFrame(p, tasks, streams, members)
+
+
+# built once: the status board and the project loop run these on every change
+_PROJECT_TASKS = select(TaskRow).where(TaskRow.project_id == bindparam("pid")).order_by(TaskRow.key)
+_STREAM_KEYS = select(StreamRow.id, StreamRow.key).where(StreamRow.project_id == bindparam("pid"))
+_PROJECT_MEMBERS = (select(MemberRow.id, MemberRow.handle).where(MemberRow.id.in_(  # the members the project's rows name
+    select(TaskRow.assignee_id).where(TaskRow.project_id == bindparam("pid"))
+    .union(select(StreamRow.collaborator_id).where(StreamRow.project_id == bindparam("pid")),
+           select(LLMCallRow.member_id).where(LLMCallRow.project_id == bindparam("pid"))))))
 
 
 @dataclass
@@ -226,17 +229,18 @@ class TaskFrame:
     collaborator: MemberRow | None
 
 
+_COLLABORATOR = aliased(MemberRow)
+_TASK_FRAME = (select(TaskRow, ProjectRow, MemberRow, StreamRow, _COLLABORATOR)  # built once, like the others here
+               .join(ProjectRow, ProjectRow.id == TaskRow.project_id)
+               .join(MemberRow, MemberRow.id == TaskRow.assignee_id)
+               .join(StreamRow, StreamRow.id == TaskRow.stream_id)
+               .outerjoin(_COLLABORATOR, _COLLABORATOR.id == StreamRow.collaborator_id)
+               .where(TaskRow.id == bindparam("tid")))
+
+
 async def task_frame(s: AsyncSession, task_id: int) -> TaskFrame:
     """One statement for what every work turn and review reads first (they run for every task, twice or more)."""
-    collab = aliased(MemberRow)
-    row = (await s.execute(
-        select(TaskRow, ProjectRow, MemberRow, StreamRow, collab)
-        .join(ProjectRow, ProjectRow.id == TaskRow.project_id)
-        .join(MemberRow, MemberRow.id == TaskRow.assignee_id)
-        .join(StreamRow, StreamRow.id == TaskRow.stream_id)
-        .outerjoin(collab, collab.id == StreamRow.collaborator_id)
-        .where(TaskRow.id == task_id)
-    )).one_or_none()
+    row = (await s.execute(_TASK_FRAME, {"tid": task_id})).one_or_none()
     if row is None:
         raise NotFoundError(f"There is no task #{task_id}.")
     return TaskFrame(*row)

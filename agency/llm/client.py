@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from agency.db.session import Database
-from agency.db.tables import LLMCallRow
+from agency.db.tables import LLMCallRow, utcnow
 from agency.errors import LLMError, LLMOutputError, TransientModelError
 from agency.llm.base import ChatModel, ModelReply, ModelRequest
 from agency.llm.usage import cost_usd, estimate_tokens
@@ -150,6 +150,10 @@ def _redacted_request(request: ModelRequest) -> dict[str, Any]:
     """The request as recorded in ``llm_calls``: secrets redacted (the record is an audit export)."""
     return {"messages": [{**m, "content": redact(m.get("content") or "")} for m in request.messages], "schema": request.schema_name}
 
+
+# built once: constructing a SQLAlchemy statement costs more than running it on SQLite
+_INSERT_CALL = insert(LLMCallRow)
+_CALL_COLUMNS = tuple(c.key for c in LLMCallRow.__table__.columns if c.key not in ("id", "created_at"))
 
 BudgetCheck = Callable[[CallContext], Awaitable[None]]
 CallObserver = Callable[[LLMCallRow], None]
@@ -347,8 +351,10 @@ class LLMClient:
             retrieved=ctx.retrieved,
             **fields,
         )
-        async with self.db.session() as s, s.begin():
-            s.add(row)
+        values = {k: v for k in _CALL_COLUMNS if (v := getattr(row, k)) is not None}  # None: the column's default
+        values["created_at"] = row.created_at = utcnow()
+        async with self.db.engine.begin() as conn:  # a prebuilt insert, no ORM session: this runs for every model call
+            row.id = (await conn.execute(_INSERT_CALL, values)).inserted_primary_key[0]
         if row.call_key and fields.get("outcome") in ("ok", "repaired"):
             self._keys_recorded.add(row.call_key)
         for obs in self.observers:

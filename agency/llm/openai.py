@@ -24,6 +24,7 @@ import time
 from typing import Any, Literal, get_args
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from agency.errors import LLMError, ModelRefusedModeError, TransientModelError
 from agency.llm.base import ModelReply, ModelRequest, StructuredMode
@@ -192,7 +193,10 @@ class OpenAIModel:
         kwargs = self._build(request, model, mode)
         log.debug("chat completion: model=%s mode=%s schema=%s purpose=%s", model, mode, request.schema_name, request.purpose)
         try:
-            response = await self._client.chat.completions.create(**kwargs)
+            # the SDK's own POST with the body built here: the same endpoint, auth, timeouts and typed errors as
+            # ``chat.completions.create``, without re-walking the request through the SDK's parameter types
+            # (half of the SDK's CPU per call in bench/; the body above is already plain JSON)
+            response = await self._client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
         except openai.APITimeoutError as exc:
             raise TransientModelError(f"The model call to {model} timed out after {self.timeout:g}s.") from exc
         except openai.APIConnectionError as exc:
