@@ -24,14 +24,16 @@ _MARK_DELIVERED = (update(MessageRow).where(MessageRow.id == bindparam("mid"))
 
 class OutboxDispatcher:
     def __init__(self, db: Database, chat: ChatPort, ready: asyncio.Event | None = None, *, poll_seconds: float = 1.0,
-                 gather_seconds: float = 0.05) -> None:
+                 quiet_seconds: float = 0.02, max_gather_seconds: float = 0.25) -> None:
         self.db = db
         self.chat = chat
         self.ready = ready or asyncio.Event()
         self.poll_seconds = poll_seconds
-        # after a wake, wait this long so a burst of engine steps finishes (and sends its model requests)
-        # before the sends start: delivery then runs while the models think, off the project's critical path
-        self.gather_seconds = gather_seconds
+        # after a wake, wait until the engine has been quiet for ``quiet_seconds`` (at most ``max_gather_seconds``):
+        # a burst of engine steps finishes and sends its model requests first, and delivery runs while the
+        # models think, off the project's critical path
+        self.quiet_seconds = quiet_seconds
+        self.max_gather_seconds = max_gather_seconds
         self.delivered = 0
         self.observers: list[Callable[[OutboundMessage, float], None]] = []  # (message, seconds to send)
         self._task: asyncio.Task[None] | None = None
@@ -69,8 +71,8 @@ class OutboxDispatcher:
                     await self.ready.wait()
             except TimeoutError:
                 pass
-            if self.ready.is_set() and self.gather_seconds > 0:
-                await asyncio.sleep(self.gather_seconds)
+            if self.ready.is_set() and self.quiet_seconds > 0:
+                await self._gather()
             self.ready.clear()
             try:
                 await self.drain()
@@ -79,6 +81,16 @@ class OutboxDispatcher:
             except Exception:
                 log.exception("outbox drain failed; retrying")
                 await asyncio.sleep(self.poll_seconds)
+
+    async def _gather(self) -> None:
+        """Wait for a pause in the engine's commits (each sets ``ready``), bounded by ``max_gather_seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_gather_seconds
+        while True:
+            self.ready.clear()
+            await asyncio.sleep(min(self.quiet_seconds, max(deadline - loop.time(), 0.0)))
+            if not self.ready.is_set() or loop.time() >= deadline:
+                return
 
     async def depth(self) -> int:
         async with self.db.session() as s:

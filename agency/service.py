@@ -305,10 +305,15 @@ class AgencyService:
 
     async def _status_loop(self) -> None:
         """Keep one status message per project, edited in place (debounced)."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._status_event.wait()
             self._status_event.clear()
             await asyncio.sleep(0.5)  # debounce: at most two edits a second per project
+            deadline = loop.time() + 0.5
+            while self._status_event.is_set() and loop.time() < deadline:  # and not in the middle of a burst of steps
+                self._status_event.clear()
+                await asyncio.sleep(0.02)
             await self._flush_status()
 
     async def _flush_status(self) -> None:
