@@ -18,6 +18,30 @@ from agency.db.session import Database
 INSERT = "INSERT INTO agencies (external_id, name, settings, created_at) VALUES (:x, :x, '{}', CURRENT_TIMESTAMP)"
 
 
+class Turns:
+    """Counts the turns another task gets on the loop (each ``interval`` seconds at most) while the block runs."""
+
+    def __init__(self, interval: float = 0.0) -> None:
+        self.interval = interval
+        self.n = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.n += 1
+
+    async def __aenter__(self) -> "Turns":
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
 async def _db(tmp_path: Path, busy_timeout: float = 5.0) -> Database:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}", busy_timeout=busy_timeout)
     await db.upgrade()
@@ -60,19 +84,10 @@ async def test_a_writer_waits_for_a_holder_suspended_mid_transaction(tmp_path: P
             await s.execute(text(INSERT), {"x": "second"})
             order.append("waiter wrote")
 
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    tick = asyncio.create_task(ticker())
-    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 5)
-    tick.cancel()
+    async with Turns(0.01) as ticks:
+        await asyncio.wait_for(asyncio.gather(holder(), waiter()), 5)
     assert order == ["holder commits", "waiter wrote"]
-    assert ticks >= 5  # the loop ran while the waiter waited
+    assert ticks.n >= 5  # the loop ran while the waiter waited
     async with db.session() as s:
         names = (await s.execute(text("SELECT name FROM agencies ORDER BY id"))).scalars().all()
     assert names == ["first", "second"]
@@ -112,19 +127,9 @@ def test_which_errors_are_waited_for() -> None:
 async def test_the_loop_gets_a_turn_between_statements(tmp_path: Path) -> None:
     """A long run of statements in one session does not starve other tasks (as aiosqlite's hops did not)."""
     db = await _db(tmp_path)
-    turns = 0
-
-    async def other() -> None:
-        nonlocal turns
-        while True:
-            await asyncio.sleep(0)
-            turns += 1
-
-    t = asyncio.create_task(other())
-    await asyncio.sleep(0)
-    async with db.session() as s, s.begin():
-        for i in range(100):
-            await s.execute(text(INSERT), {"x": f"n{i}"})
-    t.cancel()
-    assert turns >= 100  # at least one turn per statement
+    async with Turns() as turns:
+        async with db.session() as s, s.begin():
+            for i in range(100):
+                await s.execute(text(INSERT), {"x": f"n{i}"})
+    assert turns.n >= 100  # at least one turn per statement
     await db.dispose()
