@@ -3,7 +3,9 @@
 The buttons are ``DynamicItem``s: their ``custom_id`` carries the approval id
 (and the chosen approach), so any process that registered the classes with
 ``bot.add_dynamic_items`` handles a click on any approval message, however
-old. Only a Director may press them; a reject asks for the reason in a modal.
+old. Only a Director may press them; a reject asks for the reason in a modal,
+whose submission is recognised by its ``custom_id`` too, so it counts even when
+the bot restarted while the form was open.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 APPROVE_TEMPLATE = r"ateams:approve:(?P<approval_id>\d+)(?::(?P<choice>\d+))?"
 REJECT_TEMPLATE = r"ateams:reject:(?P<approval_id>\d+)"
+REJECT_REASON_TEMPLATE = r"ateams:reject-reason:(?P<approval_id>\d+)"
 REFUSAL = "Only the Director (the server owner or the Director role) can decide approvals."
 
 
@@ -69,6 +72,10 @@ class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=APP
 
 
 class RejectModal(discord.ui.Modal):
+    """The form that asks for a reject's reason. Its submission is handled by :func:`submit_reject_reason`
+    (from the bot's ``on_interaction``), not by this object: a process that restarts while the form is
+    open has no such object, and the Director's reason must still count."""
+
     reason: discord.ui.TextInput[Any] = discord.ui.TextInput(
         label="What should change?", style=discord.TextStyle.paragraph, min_length=3, max_length=1000,
         placeholder="e.g. use sources from the last two years",
@@ -79,20 +86,41 @@ class RejectModal(discord.ui.Modal):
         self.approval_id = approval_id
 
     async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        bot: AgencyBot = interaction.client  # type: ignore[assignment]
-        if not bot.is_director(interaction.user):
-            await interaction.response.send_message(REFUSAL, ephemeral=True)
-            return
-        try:
-            await interaction.response.defer()
-            result = await bot.service.decide(self.approval_id, False, bot.actor(interaction.user), reason=self.reason.value)
-            await _remove_buttons(interaction)
-            await interaction.followup.send(result, ephemeral=True)
-        except Exception as e:  # noqa: BLE001
-            await reply_error(interaction, e)
+        return None  # submit_reject_reason answers it, in this process or the next one
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
-        await reply_error(interaction, error)
+
+def _submitted_value(components: Any) -> str | None:
+    """The first text input's value in a modal submission's raw components (rows or labels)."""
+    for comp in components or []:
+        if not isinstance(comp, dict):
+            continue
+        if comp.get("type") == 4 and "value" in comp:
+            return str(comp["value"])
+        inner = _submitted_value(comp.get("components") or ([comp["component"]] if comp.get("component") else []))
+        if inner is not None:
+            return inner
+    return None
+
+
+async def submit_reject_reason(interaction: discord.Interaction) -> bool:
+    """Decide a reject from its reason form; False when ``interaction`` is not such a submission."""
+    data = interaction.data or {}
+    match = re.fullmatch(REJECT_REASON_TEMPLATE, str(data.get("custom_id", "")))
+    if interaction.type is not discord.InteractionType.modal_submit or match is None:
+        return False
+    bot: AgencyBot = interaction.client  # type: ignore[assignment]
+    if not bot.is_director(interaction.user):
+        await interaction.response.send_message(REFUSAL, ephemeral=True)
+        return True
+    try:
+        reason = (_submitted_value(data.get("components")) or "").strip()
+        await interaction.response.defer()
+        result = await bot.service.decide(int(match["approval_id"]), False, bot.actor(interaction.user), reason=reason)
+        await _remove_buttons(interaction)
+        await interaction.followup.send(result, ephemeral=True)
+    except Exception as e:  # noqa: BLE001 - every error becomes a reply
+        await reply_error(interaction, e)
+    return True
 
 
 class RejectButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REJECT_TEMPLATE):

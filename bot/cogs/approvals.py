@@ -9,6 +9,7 @@ from discord.ext import commands
 
 from bot.checks import director_only
 from bot.context import answer, project_autocomplete, project_here
+from bot.views import submit_reject_reason
 
 if TYPE_CHECKING:
     from bot.client import AgencyBot
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
 class Approvals(commands.Cog):
     def __init__(self, bot: AgencyBot) -> None:
         self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A reject's reason form, answered here rather than by the form's object (see ``RejectModal``)."""
+        await submit_reject_reason(interaction)
 
     @app_commands.command(name="approve")
     @app_commands.guild_only()

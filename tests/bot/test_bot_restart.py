@@ -126,3 +126,33 @@ async def test_a_message_sent_just_before_a_crash_is_not_posted_again(settings, 
         assert marked.external_id == first_id
     finally:
         await stop_harness(h2)
+
+
+async def test_a_reject_reason_submitted_after_a_restart_still_counts(settings, monkeypatch):
+    """The Director opens the reject form, the bot restarts, the Director submits: the reason is applied."""
+    import dpytest_compat as compat
+
+    h1 = await start_harness(settings, monkeypatch)
+    await h1.setup_agency()
+    await h1.slash("project new", objective="Plan a small team offsite")
+    msg, aid = await h1.approval_message(1, "approach")
+    await h1.click(msg, f"ateams:reject:{aid}")
+    modal = h1.rec.modals[-1]
+    await _quiesce(h1)
+    await _crash(h1)
+
+    h2 = await start_harness(settings, monkeypatch, first=False)  # the form's object died with h1
+    try:
+        field = modal["data"]["components"][0]
+        cid = (field.get("component") or field["components"][0])["custom_id"]
+        out = await compat.submit_modal(modal, {cid: "cheaper venues please"}, member=h2.owner)
+        assert "propose new approaches" in text_of(out)
+        async with h2.service.db.session() as s:
+            from agency.db.tables import ApprovalRow
+
+            a = await s.get(ApprovalRow, aid)
+        assert a.status == "rejected" and a.reason == "cheaper venues please"
+        out = await compat.submit_modal(modal, {cid: "again"}, member=h2.bob)  # and only a Director's counts
+        assert "Only the Director" in text_of(out)
+    finally:
+        await stop_harness(h2)
