@@ -130,6 +130,7 @@ class AgencyService:
 
         if self.dispatcher is not None:
             self.dispatcher.start()
+        self.db.start_checkpoints()  # the WAL's fsyncs happen in a worker thread, not on the loop
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
         resumed = await self.engine.start()
         self.watchdog = Watchdog(self.engine, interval_seconds=max(5.0, min(60.0, self.settings.engine.task_deadline_seconds / 10)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import event, make_url
@@ -37,9 +38,14 @@ class Database:
         event.listen(self.engine.sync_engine.pool, "close", lambda conn, _rec: self._opened.pop(id(conn), None))
         event.listen(self.engine.sync_engine.pool, "close_detached", lambda conn: self._opened.pop(id(conn), None))
         if url.startswith("sqlite"):
-            # an inline connection must never busy-wait inside sqlite3 (it would stop the loop): timeout 0
+            # an inline connection must never busy-wait inside sqlite3 (it would stop the loop): timeout 0;
+            # nor checkpoint the WAL (its fsync would stop the loop too): start_checkpoints() does that in a thread
             pragma_timeout = 0.0 if inline is not None else busy_timeout
-            event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, pragma_timeout))
+            event.listen(self.engine.sync_engine, "connect",
+                         lambda conn, _rec: _sqlite_pragmas(conn, pragma_timeout, autocheckpoint=inline is None))
+        self._file = inline if inline not in (None, ":memory:") else None  # an inline SQLite file: checkpoints are ours
+        self._busy_timeout = busy_timeout
+        self._checkpoints: asyncio.Task[None] | None = None
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -50,8 +56,31 @@ class Database:
         """Bring the schema to the newest migration (the only way tables are created)."""
         await asyncio.to_thread(upgrade_sync, self.url)
 
+    def start_checkpoints(self, interval: float = 5.0) -> None:
+        """Checkpoint the WAL every ``interval`` seconds in a worker thread (long-running processes call this)."""
+        if self._file is not None and (self._checkpoints is None or self._checkpoints.done()):
+            self._checkpoints = asyncio.create_task(self._checkpoint_loop(interval), name="wal-checkpoints")
+
+    async def _checkpoint_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.checkpoint()
+            except Exception as e:  # noqa: BLE001 - the next round tries again; the WAL only grows meanwhile
+                log.warning("WAL checkpoint failed: %s", e)
+
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """A passive WAL checkpoint off the loop: (busy, frames in the WAL, frames checkpointed)."""
+        if self._file is None:
+            return (0, 0, 0)
+        return await asyncio.to_thread(_passive_checkpoint, self._file, self._busy_timeout)
+
     async def dispose(self) -> None:
         """Close every connection, including any still checked out, so no lock outlives the Database."""
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
+            self._checkpoints = None
         await self.engine.dispose()
         stray = [c for c in self._opened.values() if getattr(c, "driver_connection", None) is not None]
         self._opened.clear()
@@ -83,13 +112,24 @@ def ensure_sqlite_dir(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_pragmas(dbapi_conn, busy_timeout: float) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_conn, busy_timeout: float, *, autocheckpoint: bool = True) -> None:  # noqa: ANN001
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    if not autocheckpoint:
+        cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.close()
+
+
+def _passive_checkpoint(path: str, busy_timeout: float) -> tuple[int, int, int]:
+    con = sqlite3.connect(path, timeout=busy_timeout)
+    try:
+        busy, log_frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(log_frames), int(done)
+    finally:
+        con.close()
 
 
 def alembic_config(url: str):  # noqa: ANN201

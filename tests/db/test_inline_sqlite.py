@@ -133,3 +133,33 @@ async def test_the_loop_gets_a_turn_between_statements(tmp_path: Path) -> None:
                 await s.execute(text(INSERT), {"x": f"n{i}"})
     assert turns.n >= 100  # at least one turn per statement
     await db.dispose()
+
+
+async def test_wal_checkpoints_run_in_a_thread_not_on_the_loop(tmp_path: Path) -> None:
+    """Connections never checkpoint themselves (a checkpoint's fsync would stop the loop); the Database
+    checkpoints from a worker thread, and a long-running service does so every few seconds."""
+    db = await _db(tmp_path)
+    async with db.session() as s:
+        assert (await s.execute(text("PRAGMA wal_autocheckpoint"))).scalar() == 0
+    async with db.session() as s, s.begin():
+        for i in range(50):
+            await s.execute(text(INSERT), {"x": f"c{i}"})
+    busy, frames, done = await db.checkpoint()
+    assert busy == 0 and frames > 0 and done == frames
+
+    rounds: list[int] = []
+    real = db.checkpoint
+
+    async def counted() -> tuple[int, int, int]:
+        rounds.append(1)
+        return await real()
+
+    db.checkpoint = counted  # type: ignore[method-assign]
+    db.start_checkpoints(interval=0.01)
+    async with asyncio.timeout(5):
+        while len(rounds) < 2:
+            await asyncio.sleep(0.01)
+    await db.dispose()  # stops the checkpoints too
+    n = len(rounds)
+    await asyncio.sleep(0.05)
+    assert len(rounds) == n
