@@ -59,7 +59,7 @@ class Database:
         """Bring the schema to the newest migration (the only way tables are created)."""
         await asyncio.to_thread(upgrade_sync, self.url)
 
-    def start_checkpoints(self, interval: float = 5.0) -> None:
+    def start_checkpoints(self, interval: float = 2.0) -> None:
         """Checkpoint the WAL every ``interval`` seconds in a worker thread (long-running processes call this)."""
         if self._file is not None and (self._checkpoints is None or self._checkpoints.done()):
             self._checkpoints = asyncio.create_task(self._checkpoint_loop(interval), name="wal-checkpoints")
@@ -73,10 +73,11 @@ class Database:
                 log.warning("WAL checkpoint failed: %s", e)
 
     async def checkpoint(self) -> tuple[int, int, int]:
-        """A passive WAL checkpoint off the loop: (busy, frames in the WAL, frames checkpointed)."""
+        """A WAL checkpoint off the loop (writers wait for it asynchronously): (busy, frames in the WAL, frames
+        checkpointed), as SQLite reports them."""
         if self._file is None:
             return (0, 0, 0)
-        return await asyncio.to_thread(_passive_checkpoint, self._file, self._busy_timeout)
+        return await asyncio.to_thread(_truncate_checkpoint, self._file, self._busy_timeout)
 
     async def dispose(self) -> None:
         """Close every connection, including any still checked out, so no lock outlives the Database."""
@@ -126,10 +127,12 @@ def _sqlite_pragmas(dbapi_conn, busy_timeout: float, *, autocheckpoint: bool = T
     cur.close()
 
 
-def _passive_checkpoint(path: str, busy_timeout: float) -> tuple[int, int, int]:
+def _truncate_checkpoint(path: str, busy_timeout: float) -> tuple[int, int, int]:
     con = sqlite3.connect(path, timeout=busy_timeout)
     try:
-        busy, log_frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        # TRUNCATE: checkpoint everything, wait (here, in this thread) for readers to leave the WAL, then
+        # empty it. A passive checkpoint alone never lets a busy loop restart the WAL, which then only grows.
+        busy, log_frames, done = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return int(busy), int(log_frames), int(done)
     finally:
         con.close()
