@@ -28,9 +28,10 @@ class Database:
         if inline is not None:
             # SQLite on the loop's thread, with a busy wait that yields (agency.db.inline_sqlite)
             kwargs["async_creator"] = inline_creator(inline, busy_timeout=busy_timeout)
-            # a connection is cheap here (no thread): keep enough open that bursts of parallel steps do not
-            # open and close overflow connections (each open re-reads the schema)
-            kwargs.update(pool_size=20, max_overflow=40)
+            if inline != ":memory:":  # (an in-memory database is one connection, SQLAlchemy's StaticPool)
+                # a connection is cheap here (no thread): keep enough open that bursts of parallel steps do not
+                # open and close overflow connections (each open re-reads the schema)
+                kwargs.update(pool_size=20, max_overflow=40)
         elif url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": busy_timeout}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

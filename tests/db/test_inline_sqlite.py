@@ -167,3 +167,14 @@ async def test_wal_checkpoints_run_in_a_thread_not_on_the_loop(tmp_path: Path) -
     n = len(rounds)
     await asyncio.sleep(0.05)
     assert len(rounds) == n
+
+
+async def test_an_in_memory_database_works_too() -> None:
+    db = Database("sqlite+aiosqlite:///:memory:")
+    async with db.session() as s, s.begin():
+        await s.execute(text("CREATE TABLE t (x INTEGER)"))
+        await s.execute(text("INSERT INTO t VALUES (1), (2)"))
+    async with db.session() as s:  # the same (only) connection: the table is still there
+        assert (await s.execute(text("SELECT count(*) FROM t"))).scalar() == 2
+    assert await db.checkpoint() == (0, 0, 0)  # nothing to checkpoint in memory
+    await db.dispose()
