@@ -119,6 +119,14 @@ class Harness:
 
         return await eventually(check, timeout=timeout, what=f"project {pid} to reach {states}")
 
+    async def finish(self, pid: int, *, timeout: float = 60.0) -> None:
+        """Wait for the project to be done and its after-delivery work (the Learning Manager's evaluations)
+        to end, then post the due status and deliver the whole outbox: after it, everything said is out."""
+        await self.wait_status(pid, "done", timeout=timeout)
+        async with asyncio.timeout(timeout):
+            await self.service.engine.wait_project(pid)
+        await self.service.settle()
+
     async def approval_message(self, pid: int, kind: str, *, timeout: float = 30.0) -> tuple[discord.Message, int]:
         """The delivered approval message of ``kind`` that is still pending, and its approval id."""
         from sqlalchemy import select

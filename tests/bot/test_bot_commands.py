@@ -108,8 +108,7 @@ async def test_specialists_feedback_and_streams(harness):
     h = harness
     await h.setup_agency()
     await h.slash("project new", objective="Write a brief on espresso machines", oversight="autonomous")
-    await h.wait_status(1, "done", timeout=60)
-    await h.service.dispatcher.drain()
+    await h.finish(1)
     out = await h.slash("specialist list")
     assert "@Researcher-A - researcher (specialist)" in text_of(out) and out[-1]["ephemeral"]
     out = await h.slash("specialist show", handle="Researcher-A")

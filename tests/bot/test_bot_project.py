@@ -39,8 +39,7 @@ async def test_whole_project_through_the_bot(harness):
     out = await h.click(plan, f"ateams:approve:{plan_aid}")
     assert "Plan approved" in text_of(out)
 
-    await h.wait_status(1, "done", timeout=60)
-    await h.service.dispatcher.drain()
+    await h.finish(1)
 
     # a channel per work stream in the project's category, a thread per specialist
     async with h.service.db.session() as s:

@@ -143,8 +143,7 @@ async def test_human_specialist_assigned_todo_submit(settings, monkeypatch, tmp_
         await h.setup_agency()
         out = await h.slash("project new", objective="Write brief number one", oversight="autonomous")
         assert "started" in str(out), out
-        await h.wait_status(1, "done", timeout=60)
-        await h.service.dispatcher.drain()
+        await h.finish(1)
         async with h.service.db.session() as s:
             research = (await s.execute(select(SpaceRow).where(SpaceRow.address.like("stream:%")).order_by(SpaceRow.id))).scalars().first()
         channel = h.guild.get_channel(int(research.external_id))

@@ -78,8 +78,7 @@ async def test_restart_delivers_the_outbox_once_and_buttons_still_work(settings,
         plan, plan_aid = await h2.approval_message(1, "plan")
         out = await h2.click(plan, f"ateams:approve:{plan_aid}")
         assert "Plan approved" in text_of(out)
-        await h2.wait_status(1, "done", timeout=60)
-        await h2.service.dispatcher.drain()
+        await h2.finish(1)
 
         # no message went out twice, across both processes
         rows = [r for r in await _rows(h2, "delivered") if r.upsert_key is None and len(r.content) < 1800 and not r.attachment_name]

@@ -98,7 +98,7 @@ async def test_the_outbox_maps_spaces_in_the_database_and_recreates_deleted_chan
     await dpytest.run_all_events()
     out = await h.slash("project pause", where=h.channel("hq"))  # posts in #overview
     assert "paused" in text_of(out)
-    await h.service.dispatcher.drain()
+    await h.service.settle()  # the due status edit too, so nothing is left pending below
     new_row = await _space(h, "overview:1")
     assert new_row.external_id != overview_row.external_id
     new = h.guild.get_channel(int(new_row.external_id))
