@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 
 from sqlalchemy import bindparam, func, select, update
@@ -20,6 +21,10 @@ MAX_ATTEMPTS = 5
 _MARK_DELIVERED = (update(MessageRow).where(MessageRow.id == bindparam("mid"))
                    .values(status="delivered", external_id=bindparam("ext"), delivered_at=bindparam("at"),
                            attempts=MessageRow.attempts + 1))
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 class OutboxDispatcher:
@@ -40,9 +45,11 @@ class OutboxDispatcher:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._spaces: dict[tuple[int, str], tuple[SpaceSpec, str]] = {}
-        # rows that may have gone out before a crash: the first pending row of each space when this process
-        # first looks (delivery is one message at a time, so at most that one was in flight); None = not looked yet
+        # rows that may have gone out before a crash: the first pending row of each space among those written
+        # before this dispatcher existed (delivery is one message at a time, so at most that one was in flight);
+        # None = not looked yet
         self._maybe_sent: set[int] | None = None
+        self._born = utcnow()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -108,7 +115,8 @@ class OutboxDispatcher:
                 if self._maybe_sent is None:
                     firsts: dict[str, int] = {}
                     for row in rows:
-                        firsts.setdefault(row.address, row.id)
+                        if row.created_at is not None and _aware(row.created_at) < self._born:
+                            firsts.setdefault(row.address, row.id)
                     self._maybe_sent = set(firsts.values())
                 if not rows:
                     return sent

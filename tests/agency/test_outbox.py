@@ -32,3 +32,19 @@ async def test_only_the_first_pending_message_per_space_is_maybe_sent(make_servi
     chat.sent.clear()
     await restarted.drain()
     assert len(chat.sent) == len(firsts) and not any(m.maybe_sent for m in chat.sent)
+
+
+async def test_messages_written_after_the_start_are_never_maybe_sent(make_service) -> None:
+    """A fresh process's own first messages cannot have been sent by an earlier one: no lookup for them."""
+    from agency.db import repos
+
+    service = await make_service()
+    await service.stop()
+    chat = ConsoleChat(quiet=True)
+    dispatcher = OutboxDispatcher(service.db, chat)
+    agency_id = await service.ensure_agency(AGENCY, "Agency")
+    async with service.db.session() as s, s.begin():
+        for text in ("one", "two"):
+            repos.post(s, agency_id, None, "hq", "A-TEAMs", text)
+    assert await dispatcher.drain() == 2
+    assert [m.content for m in chat.sent] == ["one", "two"] and not any(m.maybe_sent for m in chat.sent)
