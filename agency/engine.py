@@ -100,7 +100,6 @@ _OTHER_OUTPUTS = select(TaskRow.key, TaskRow.output).where(
 _COMPLETE = (update(TaskRow).where(TaskRow.id == bindparam("tid"), TaskRow.status.in_(("review", "approval", "blocked")))
              .values(status="done", finished_at=bindparam("now"), completions=TaskRow.completions + 1)
              .execution_options(synchronize_session=False))  # _complete sets what it wrote on the loaded row
-_PROJECT_TASKS = select(TaskRow).where(TaskRow.project_id == bindparam("pid"))  # the project loop, on every wake
 _PROJECT_STREAMS = select(StreamRow).where(StreamRow.project_id == bindparam("pid"))
 _AGENCY_HUMANS = select(MemberRow.id).where(MemberRow.agency_id == bindparam("aid"), MemberRow.kind == "human")
 _DEPENDENT_KEYS = (select(TaskRow.key).join(TaskDepRow, TaskDepRow.task_id == TaskRow.id)
@@ -307,13 +306,9 @@ class Engine:
             raise ProjectPaused()
         if budget_usd is None and budget_tokens is None:
             return
-        async with self.db.session() as s:
+        async with self.db.session() as s:  # a budget: load the project, whose warning flag this may set
             p = await s.get(ProjectRow, ctx.project_id)
             if p is None:
-                return
-            if p.status in ("paused", "cancelled", "blocked") and ctx.purpose not in ("evaluate", "revise"):
-                raise ProjectPaused()
-            if p.budget_usd is None and p.budget_tokens is None:
                 return
             tokens, cost, _ = await repos.project_usage(s, p.id)
             spent = cost / p.budget_usd if p.budget_usd else tokens / p.budget_tokens  # type: ignore[operator]
@@ -640,7 +635,7 @@ class Engine:
                     assert p is not None
                     if p.status != "running":
                         return
-                    tasks = list((await s.execute(_PROJECT_TASKS, {"pid": pid})).scalars())
+                    tasks = await repos.project_tasks(s, pid)
                     deps = await repos.task_deps(s, pid)
                     streams = {r.id: r for r in (await s.execute(_PROJECT_STREAMS, {"pid": pid})).scalars()}
                     by_id = {t.id: t for t in tasks}

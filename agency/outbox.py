@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
 
 from sqlalchemy import bindparam, func, select, update
@@ -21,10 +20,6 @@ MAX_ATTEMPTS = 5
 _MARK_DELIVERED = (update(MessageRow).where(MessageRow.id == bindparam("mid"))
                    .values(status="delivered", external_id=bindparam("ext"), delivered_at=bindparam("at"),
                            attempts=MessageRow.attempts + 1))
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 class OutboxDispatcher:
@@ -115,7 +110,7 @@ class OutboxDispatcher:
                 if self._maybe_sent is None:
                     firsts: dict[str, int] = {}
                     for row in rows:
-                        if row.created_at is not None and _aware(row.created_at) < self._born:
+                        if row.created_at is not None and row.created_at < self._born:
                             firsts.setdefault(row.address, row.id)
                     self._maybe_sent = set(firsts.values())
                 if not rows:
@@ -127,7 +122,6 @@ class OutboxDispatcher:
                         return sent
                     if row.address in stuck:
                         continue  # keep per-space order: a failed message holds back the ones after it
-                    await asyncio.sleep(0)  # database calls run on the loop's thread: let other work in between messages
                     ok = await self._deliver(row)
                     if ok:
                         sent += 1

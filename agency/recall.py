@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 Recall = Callable[[int, str, str | None, str, int | None], Awaitable[tuple[str, list[dict[str, Any]]]]]
-RecordFn = Callable[[Any, int], Awaitable[dict[str, Any]]]
 RecordsFn = Callable[[Any, list[int]], Awaitable[dict[int, dict[str, Any]]]]
 
 AGENCY_LESSON = "agency"  # ``source`` of lessons meant for every member
@@ -181,13 +180,11 @@ def _pack(items: list[_Item], budget_tokens: int) -> tuple[list[str], list[_Item
 
 
 class _Recaller:
-    def __init__(self, memory: Memory | None, settings: Settings, db: Any = None, record: RecordFn | None = None,
-                 records: RecordsFn | None = None) -> None:
+    def __init__(self, memory: Memory | None, settings: Settings, db: Any = None, records: RecordsFn | None = None) -> None:
         self.memory = memory
         self.settings = settings
         self.db = db
-        self.record = record
-        self.records = records  # the batched form of ``record``, when the caller has one
+        self.records = records
         self._synced: set[int] = set()  # task ids whose output this process stored
         self._locks: dict[int, asyncio.Lock] = {}
 
@@ -201,7 +198,7 @@ class _Recaller:
             parts += lines
             retrieved += [{"id": it.hit.id, "kind": it.hit.kind, "distance": round(float(it.hit.distance), 4),
                            "source": (it.hit.metadata or {}).get("source"), "scope": it.scope} for it in used]
-        if role == "pm" and self.db is not None and self.record is not None:
+        if role == "pm" and self.db is not None and self.records is not None:
             records = await self._records(agency_id)
             if records:
                 parts.append("Track record of the stored specialists (prefer those that did well; reuse by handle):")
@@ -272,7 +269,7 @@ class _Recaller:
             return {*deps, *(key for _, key in mine)}
 
     async def _records(self, agency_id: int) -> list[tuple[str, int]]:
-        assert self.db is not None and self.record is not None
+        assert self.db is not None and self.records is not None
         out: list[tuple[str, int]] = []
         async with self.db.session() as s:
             members = (await s.execute(
@@ -280,7 +277,7 @@ class _Recaller:
                 .order_by(MemberRow.handle).limit(_MAX_RECORDS)
             )).scalars().all()
             ids = [m.id for m in members]
-            records = await self.records(s, ids) if self.records is not None else {i: await self.record(s, i) for i in ids}
+            records = await self.records(s, ids)
             versions = dict((await s.execute(
                 select(SystemMessageRow.member_id, func.max(SystemMessageRow.version))
                 .where(SystemMessageRow.member_id.in_(ids), SystemMessageRow.status == "active").group_by(SystemMessageRow.member_id)
@@ -311,12 +308,11 @@ def render_record(r: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def make_recall(memory: Memory | None, settings: Settings, *, db: Any = None, record: RecordFn | None = None,
-                records: RecordsFn | None = None) -> Recall:
+def make_recall(memory: Memory | None, settings: Settings, *, db: Any = None, records: RecordsFn | None = None) -> Recall:
     """The engine's ``recall`` hook: ``(agency_id, handle, role, query, project_id) -> (text, retrieved)``.
 
     ``db`` lets it store a project's finished outputs before searching them and
-    skip the outputs the prompt already has; ``record`` (``AgencyService.record``)
+    skip the outputs the prompt already has; ``records`` (``AgencyService.records``)
     adds the stored specialists' track records to the PM's memories.
     """
-    return _Recaller(memory, settings, db, record, records)
+    return _Recaller(memory, settings, db, records)

@@ -55,7 +55,7 @@ async def build_service(settings: Settings, chat: ChatPort | None, *, models: Mo
         memory = memory_from_settings(settings)
     service = await AgencyService.create(settings, chat, models=models, memory=memory)
     engine = service.engine
-    engine.recall = make_recall(memory, settings, db=service.db, record=service.record, records=service.records)
+    engine.recall = make_recall(memory, settings, db=service.db, records=service.records)
     if memory is not None:
         async def store_work(project_id: int) -> None:
             await store_project_work(memory, service.db, project_id)

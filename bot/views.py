@@ -83,7 +83,6 @@ class RejectModal(discord.ui.Modal):
 
     def __init__(self, approval_id: int) -> None:
         super().__init__(title="Reject", custom_id=f"ateams:reject-reason:{approval_id}", timeout=900)
-        self.approval_id = approval_id
 
     async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         return None  # submit_reject_reason answers it, in this process or the next one

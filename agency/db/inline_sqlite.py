@@ -109,13 +109,13 @@ class InlineConnection(aiosqlite.Connection):
             return result
 
 
-def inline_creator(path: str, *, busy_timeout: float, uri: bool = False) -> Callable[[], InlineConnection]:
+def inline_creator(path: str, *, busy_timeout: float) -> Callable[[], InlineConnection]:
     """An ``async_creator`` for :func:`sqlalchemy.ext.asyncio.create_async_engine` on SQLite file ``path``."""
 
     def connector() -> sqlite3.Connection:
         # timeout=0: a busy answer comes back at once and InlineConnection waits without blocking the loop;
         # check_same_thread=False as SQLAlchemy's pysqlite dialect sets for pooled file databases
-        return sqlite3.connect(path, timeout=0, check_same_thread=False, uri=uri)
+        return sqlite3.connect(path, timeout=0, check_same_thread=False)
 
     def create() -> InlineConnection:
         return InlineConnection(connector, busy_timeout=busy_timeout)

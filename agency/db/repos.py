@@ -203,10 +203,15 @@ async def project_frame(s: AsyncSession, project_id: int) -> ProjectFrame:
     p = await s.get(ProjectRow, project_id)
     if p is None:
         raise NotFoundError(f"There is no project #{project_id}.")
-    tasks = list((await s.execute(_PROJECT_TASKS, {"pid": project_id})).scalars())
+    tasks = await project_tasks(s, project_id)
     streams = dict((await s.execute(_STREAM_KEYS, {"pid": project_id})).all())
     members = dict((await s.execute(_PROJECT_MEMBERS, {"pid": project_id})).all())
     return ProjectFrame(p, tasks, streams, members)
+
+
+async def project_tasks(s: AsyncSession, project_id: int) -> list[TaskRow]:
+    """The project's tasks by key (the status board and the project loop read them on every change)."""
+    return list((await s.execute(_PROJECT_TASKS, {"pid": project_id})).scalars())
 
 
 # built once: the status board and the project loop run these on every change
