@@ -199,7 +199,7 @@ class MessageRow(Base):
     """Chat messages in both directions; outbound rows are the outbox."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_outbox", "direction", "status"),)
+    __table_args__ = (Index("ix_messages_outbox", "direction", "status"), Index("ix_messages_due", "status", "next_attempt_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), index=True)
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -213,10 +213,13 @@ class MessageRow(Base):
     approval_id: Mapped[int | None] = mapped_column(ForeignKey("approvals.id"))
     mentions: Mapped[list[Any]] = mapped_column(JSON, default=list)
     upsert_key: Mapped[str | None] = mapped_column(String(80), index=True)
-    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending | delivered | failed | superseded
+    # pending | delivered | undeliverable | failed (older rows) | superseded | received (agency/states.py MESSAGE)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     external_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # the last failure, for people (undeliverable: why and what to do)
+    cause: Mapped[str | None] = mapped_column(String(80))  # undeliverable: the permanent cause's key (one notice per cause)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # pending after a failure: not before this time
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
