@@ -53,6 +53,8 @@ class ProjectRow(Base):
     paused_from: Mapped[str | None] = mapped_column(String(24))
     plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     plan_round: Mapped[int] = mapped_column(Integer, default=0)
+    plan_attempt: Mapped[int] = mapped_column(Integer, default=0)  # plans returned for fixes in this round
+    plan_problems: Mapped[list[Any] | None] = mapped_column(JSON)  # what the last invalid plan got wrong
     approach_round: Mapped[int] = mapped_column(Integer, default=0)
     director_notes: Mapped[list[Any]] = mapped_column(JSON, default=list)  # rejects and guidance, in order
     budget_usd: Mapped[float | None] = mapped_column(Float)
@@ -151,6 +153,8 @@ class TaskRow(Base):
     scores: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     tier: Mapped[str | None] = mapped_column(String(20))
     completions: Mapped[int] = mapped_column(Integer, default=0)  # must end at exactly 1
+    seq: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every transition: a step applies only on the seq it read
+    asks: Mapped[list[Any]] = mapped_column(JSON, default=list)  # /ask questions waiting for the addressee's answer
     blocked_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
