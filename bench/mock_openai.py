@@ -17,9 +17,15 @@ honouring the request's structured-output mode: a forced tool call gets a
 ``tool_calls`` answer whose ``function.arguments`` is the content, anything else
 gets ``message.content``.
 
-``refuse_modes`` makes the server behave like llama.cpp with ``json_schema``:
-a request using a refused mode (``"json_schema"``, ``"json_object"``,
-``"tool"``) gets HTTP 500 with an error body and never reaches the handler.
+``refuse_modes`` makes the server refuse structured-output modes: a request
+using a refused mode (``"json_schema"``, ``"json_object"``, ``"tool"``) gets
+an error whose message names the refused field (``response_format`` or
+``tools``) and never reaches the handler. ``refuse_status`` is its HTTP status:
+400 is how current servers refuse (OpenAI, vLLM, Ollama, llama.cpp); the
+default 500 is how old llama.cpp builds answered ``json_schema``.
+
+``burst(fault, count)`` answers the next ``count`` chat requests with
+``fault`` before anything else (e.g. a burst of 500s during an outage).
 
 Run standalone with an echo handler: ``python -m bench.mock_openai --port 8000``.
 """
@@ -90,6 +96,7 @@ class MockFault:
     drop: bool = False
     body: str | None = None
     message: str | None = None  # error message for ``status``
+    param: str | None = None  # the error body's ``param`` (the request field the server objects to)
     headers: dict[str, str] | None = None  # extra response headers
 
 
@@ -175,6 +182,7 @@ class MockOpenAIServer:
         jitter: float = 0.0,
         seed: int = 0,
         refuse_modes: set[str] | frozenset[str] | None = None,
+        refuse_status: int = 500,
         host: str = "127.0.0.1",
         port: int = 0,
         model: str = "mock-model",
@@ -183,6 +191,8 @@ class MockOpenAIServer:
         self.latency = max(0.0, float(latency))
         self.jitter = max(0.0, float(jitter))
         self.refuse_modes: set[str] = set(refuse_modes or ())
+        self.refuse_status = int(refuse_status)
+        self._burst: list[MockFault] = []
         self.host = host
         self.port = port
         self.model = model
@@ -232,6 +242,15 @@ class MockOpenAIServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def burst(self, fault: MockFault, count: int) -> None:
+        """Answer the next ``count`` chat requests with ``fault`` (before the refusals and the handler)."""
+        self._burst.extend([fault] * max(0, int(count)))
+
+    @property
+    def burst_left(self) -> int:
+        """Faults of the burst not yet served."""
+        return len(self._burst)
 
     def reset(self) -> None:
         """Zero the counters and forget the recorded requests."""
@@ -341,21 +360,28 @@ class MockOpenAIServer:
         if delay > 0:
             await asyncio.sleep(delay)
 
-        mode = request_mode(body)
-        if mode is not None and mode in self.refuse_modes:
-            self.faults += 1
-            return self._error(
-                500, f"mock server: structured-output mode {mode!r} is not supported", err_type="server_error"
-            )
-
-        try:
-            result: Any = self.handler(body)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            log.exception("mock OpenAI handler failed")
-            self.faults += 1
-            return self._error(500, f"mock handler failed: {type(exc).__name__}", err_type="server_error")
+        result: Any
+        if self._burst:
+            result = self._burst.pop(0)
+        else:
+            mode = request_mode(body)
+            if mode is not None and mode in self.refuse_modes:
+                self.faults += 1
+                field = "tools" if mode == "tool" else f"response_format of type {mode!r}"
+                return self._error(
+                    self.refuse_status,
+                    f"mock server: {field} is not supported (structured-output mode {mode!r})",
+                    err_type="server_error" if self.refuse_status >= 500 else None,
+                    param="tools" if mode == "tool" else "response_format",
+                )
+            try:
+                result = self.handler(body)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                log.exception("mock OpenAI handler failed")
+                self.faults += 1
+                return self._error(500, f"mock handler failed: {type(exc).__name__}", err_type="server_error")
 
         if isinstance(result, MockFault):
             fault = result
@@ -371,7 +397,8 @@ class MockOpenAIServer:
                     headers["Retry-After"] = str(fault.retry_after)
                 if fault.body is not None:
                     return self._response(fault.status, fault.body.encode(), headers, content_type="text/plain")
-                return self._error(fault.status, fault.message or _REASONS.get(fault.status, "error"), headers=headers)
+                return self._error(fault.status, fault.message or _REASONS.get(fault.status, "error"), headers=headers,
+                                   param=fault.param)
             content = fault.body or ""
         elif isinstance(result, str):
             content = result
@@ -422,10 +449,11 @@ class MockOpenAIServer:
     # ---- HTTP encoding -----------------------------------------------------
 
     def _error(
-        self, status: int, message: str, *, err_type: str | None = None, headers: dict[str, str] | None = None
+        self, status: int, message: str, *, err_type: str | None = None, headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> bytes:
         kind = err_type or _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        payload = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+        payload = {"error": {"message": message, "type": kind, "param": param, "code": status}}
         return self._response(status, json.dumps(payload).encode(), headers)
 
     @staticmethod
@@ -443,8 +471,8 @@ class MockOpenAIServer:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
 
 
-async def _serve(port: int, latency: float, refuse: set[str]) -> None:
-    server = MockOpenAIServer(echo_handler, latency=latency, port=port, refuse_modes=refuse)
+async def _serve(port: int, latency: float, refuse: set[str], refuse_status: int = 500) -> None:
+    server = MockOpenAIServer(echo_handler, latency=latency, port=port, refuse_modes=refuse, refuse_status=refuse_status)
     url = await server.start()
     print(f"mock OpenAI server on {url} (echo handler); Ctrl-C to stop", flush=True)
     try:
@@ -459,12 +487,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     parser.add_argument(
         "--refuse", action="append", default=[], choices=["json_schema", "json_object", "tool"],
-        help="refuse a structured-output mode with HTTP 500 (repeatable)",
+        help="refuse a structured-output mode (repeatable)",
     )
+    parser.add_argument("--refuse-status", type=int, default=500, help="HTTP status of a refusal (400 or 500)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     try:
-        asyncio.run(_serve(args.port, args.latency, set(args.refuse)))
+        asyncio.run(_serve(args.port, args.latency, set(args.refuse), args.refuse_status))
     except KeyboardInterrupt:
         pass
 

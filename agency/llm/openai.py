@@ -8,10 +8,19 @@ Servers disagree on structured output, so the provider speaks three modes:
 - ``tool``: one function tool whose parameters are the schema, forced with
   ``tool_choice``; the reply is the call's arguments.
 
-``mode="auto"`` tries them in that order, falls back when the server refuses a
-mode (HTTP 400/404/422/500), and remembers the mode that worked. The client
-never retries (``max_retries=0``): failures worth retrying are raised as
-:class:`~agency.errors.TransientModelError` for the caller's retry layer.
+``mode="auto"`` tries them in that order, falls back only when the server
+explicitly refuses a mode (HTTP 400 or 422 whose error names the field the mode
+sends: ``response_format`` / ``json_schema`` / ``json_object`` for the JSON
+modes, ``tools`` / ``tool_choice`` for the tool mode), and remembers the mode
+that worked. Anything else keeps the mode: a 5xx, 408, 409 or 429, a timeout or
+a dropped connection is a :class:`~agency.errors.TransientModelError` that the
+caller's retry layer (``agency.llm.client``: tenacity, exponential backoff with
+jitter) retries; a 400 about something else (context length, a bad parameter)
+is a plain :class:`~agency.errors.LLMError` with the server's reason. An outage
+therefore never changes the mode nor blocks a project as "refused every mode".
+(Old llama.cpp builds answered ``json_schema`` with a 500; current ones accept
+it, and where one does not, set ``[llm] mode = "json_object"``.) The client
+never retries itself (``max_retries=0``).
 """
 from __future__ import annotations
 
@@ -31,17 +40,36 @@ from agency.llm.base import ModelReply, ModelRequest, StructuredMode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenAIModel", "AUTO_ORDER", "parse_retry_after"]
+__all__ = ["OpenAIModel", "AUTO_ORDER", "parse_retry_after", "refuses_mode"]
 
 AUTO_ORDER: tuple[StructuredMode, ...] = ("json_schema", "json_object", "tool")
 _MODES = frozenset(get_args(StructuredMode))
-_REFUSAL_ERRORS = (
-    openai.BadRequestError,
-    openai.UnprocessableEntityError,
-    openai.NotFoundError,
-)
 _TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _MAX_SERVER_MESSAGE = 300
+# the client errors that can be a refusal of a mode: 400, and 422 (servers that validate the body with a schema)
+_REFUSAL_STATUSES = frozenset({400, 422})
+# the request fields each mode sends: a refusal names one of them (in the error's ``param`` or its message)
+_MODE_FIELDS: dict[StructuredMode, re.Pattern[str]] = {
+    "json_schema": re.compile(r"response[ _-]?format|json[ _-]?schema", re.I),
+    "json_object": re.compile(r"response[ _-]?format|json[ _-]?object", re.I),
+    "tool": re.compile(r"\btools\b|tool[ _-]?choice|tool[ _-]?call(?:s|ing)?\b|function[ _-]?call(?:s|ing)?\b", re.I),
+}
+# a request too long for the model names its parts ("... 1000 in the functions"); it is never a refusal of a mode
+_NOT_A_REFUSAL = re.compile(r"context[ _-]?length|maximum context|too many tokens|max_tokens", re.I)
+
+
+def refuses_mode(mode: StructuredMode, status: int, detail: str, param: str | None = None) -> bool:
+    """Whether an error answer is the server refusing ``mode`` itself (then auto mode moves to the next one).
+
+    Only a 400/422 that names a field the mode sends counts: when the server says which parameter it
+    objects to (``param``), that decides; otherwise its message must name the field. A 5xx never counts
+    (an outage is retried, not taken for a refusal), nor does a 404 (a wrong model name or base URL)."""
+    if status not in _REFUSAL_STATUSES:
+        return False
+    pattern = _MODE_FIELDS[mode]
+    if param:
+        return bool(pattern.search(param))
+    return bool(pattern.search(detail)) and not _NOT_A_REFUSAL.search(detail)
 
 
 def parse_retry_after(headers: Any, *, now: float | None = None) -> float | None:
@@ -217,11 +245,17 @@ class OpenAIModel:
         except openai.APIStatusError as exc:
             status = exc.status_code
             detail = self._detail(exc)
-            refusal = isinstance(exc, _REFUSAL_ERRORS) or status in (400, 404, 422) or status == 500
-            if auto and refusal:
-                log.info("model endpoint refused mode %s for %s (HTTP %s)", mode, model, status)
-                raise _ModeRefused(f"HTTP {status}: {detail}") from exc
+            param = getattr(exc, "param", None)
+            if refuses_mode(mode, status, detail, param if isinstance(param, str) else None):
+                if auto:
+                    log.info("model endpoint refused mode %s for %s (HTTP %s)", mode, model, status)
+                    raise _ModeRefused(f"HTTP {status}: {detail}") from exc
+                raise ModelRefusedModeError(
+                    f"The model endpoint rejected the {mode} request for {model} (HTTP {status}): {detail}. "
+                    "If the server does not support this structured-output mode, use mode 'auto'."
+                ) from exc
             if status in _TRANSIENT_STATUSES or status >= 500:
+                # an outage, not a refusal: the caller retries with backoff and the mode stays what it was
                 raise TransientModelError(
                     f"The model endpoint failed for {model} (HTTP {status}).",
                     retry_after=parse_retry_after(exc.response.headers),
@@ -231,12 +265,7 @@ class OpenAIModel:
                 raise LLMError(
                     f"The model endpoint answered 404 for {model}: check the model name and the base URL. {detail}"
                 ) from exc
-            if status in (400, 422):
-                raise ModelRefusedModeError(
-                    f"The model endpoint rejected the {mode} request for {model} (HTTP {status}): {detail}. "
-                    "If the server does not support this structured-output mode, use mode 'auto'."
-                ) from exc
-            raise LLMError(f"The model endpoint failed for {model} (HTTP {status}): {detail}") from exc
+            raise LLMError(f"The model endpoint rejected the request for {model} (HTTP {status}): {detail}") from exc
         except openai.OpenAIError as exc:
             raise LLMError(f"The model call to {model} failed: {type(exc).__name__}.") from exc
         return self._reply(request, response, model, mode)

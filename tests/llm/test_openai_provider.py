@@ -155,10 +155,10 @@ async def test_invalid_content_is_returned_raw(server: MockOpenAIServer, make_mo
     assert reply.text == "```json {bad"
 
 
-async def test_auto_falls_back_like_llama_cpp_and_remembers(
+async def test_auto_falls_back_on_an_explicit_refusal_and_remembers(
     server: MockOpenAIServer, make_model: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server.refuse_modes = {"json_schema"}
+    server.refuse_modes, server.refuse_status = {"json_schema"}, 400
     m = make_model()  # auto
     assert m.active_mode is None
     with caplog.at_level(logging.WARNING, logger="agency.llm.openai"):
@@ -177,7 +177,7 @@ async def test_auto_falls_back_like_llama_cpp_and_remembers(
 
 
 async def test_auto_falls_back_to_tool(server: MockOpenAIServer, make_model: Any) -> None:
-    server.refuse_modes = {"json_schema", "json_object"}
+    server.refuse_modes, server.refuse_status = {"json_schema", "json_object"}, 400
     m = make_model()
     reply = await m.generate(make_request())
     assert json.loads(reply.text) == ANSWER
@@ -197,7 +197,7 @@ async def test_auto_falls_back_on_400(server: MockOpenAIServer, make_model: Any)
 
 
 async def test_auto_every_mode_refused(server: MockOpenAIServer, make_model: Any) -> None:
-    server.refuse_modes = {"json_schema", "json_object", "tool"}
+    server.refuse_modes, server.refuse_status = {"json_schema", "json_object", "tool"}, 400
     m = make_model()
     with pytest.raises(ModelRefusedModeError) as info:
         await m.generate(make_request())
@@ -212,7 +212,7 @@ async def test_auto_remembered_mode_refused_later_moves_on(server: MockOpenAISer
     m = make_model()
     await m.generate(make_request())
     assert m.active_mode == "json_schema"
-    server.refuse_modes = {"json_schema"}
+    server.refuse_modes, server.refuse_status = {"json_schema"}, 400
     await m.generate(make_request())
     assert m.active_mode == "json_object"
 
@@ -323,7 +323,7 @@ async def test_auth_errors_point_at_the_key_but_never_show_it(
 
 async def test_secret_scrubbed_from_server_messages(server: MockOpenAIServer, make_model: Any) -> None:
     server.handler = lambda body: MockFault(status=400, message=f"bad key {SECRET} in request")
-    with pytest.raises(ModelRefusedModeError) as info:
+    with pytest.raises(LLMError) as info:
         await make_model(mode="tool").generate(make_request())
     assert_no_secret(info.value)
 
@@ -367,3 +367,189 @@ async def test_concurrent_calls(server: MockOpenAIServer, make_model: Any) -> No
     replies = await asyncio.gather(*(m.generate(make_request()) for _ in range(20)))
     assert all(json.loads(r.text) == ANSWER for r in replies)
     assert server.calls == 20
+
+
+# ---- auto mode: only an explicit refusal changes the mode; an outage is retried (issue 11, defect 7) ----------
+
+
+async def _client_for(settings: Any, model: OpenAIModel) -> Any:
+    from agency.db.session import Database
+    from agency.llm.client import LLMClient, ModelSet
+
+    settings.llm.max_retries = 4
+    settings.llm.retry_max_wait_seconds = 0.05  # tenacity's exponential wait with jitter, capped small for the test
+    db = Database(settings.db_url)
+    await db.upgrade()
+    return LLMClient(db, ModelSet({"fast": (model, "test-model")}, "fast"), settings), db
+
+
+def _answer_schema() -> Any:
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        answer: str
+        score: int
+
+    return Answer
+
+
+async def test_auto_500_is_transient_and_keeps_the_mode(server: MockOpenAIServer, make_model: Any) -> None:
+    m = make_model()
+    await m.generate(make_request())
+    assert m.active_mode == "json_schema"
+    server.handler = lambda body: MockFault(status=500, message="upstream exploded")
+    with pytest.raises(TransientModelError) as info:
+        await m.generate(make_request())
+    assert info.value.status == 500
+    assert [request_mode(b) for b in server.requests] == ["json_schema", "json_schema"]  # no other mode tried
+    assert m.active_mode == "json_schema"
+
+
+async def test_auto_500_naming_response_format_is_still_an_outage(server: MockOpenAIServer, make_model: Any) -> None:
+    # old llama.cpp answered json_schema with a 500; a 5xx is never taken for a refusal (set mode = json_object there)
+    server.refuse_modes = {"json_schema"}  # refuse_status 500
+    m = make_model()
+    with pytest.raises(TransientModelError):
+        await m.generate(make_request())
+    assert [request_mode(b) for b in server.requests] == ["json_schema"]
+    assert m.active_mode is None
+
+
+async def test_a_500_burst_is_retried_with_backoff_and_the_mode_stays(
+    server: MockOpenAIServer, make_model: Any, settings: Any
+) -> None:
+    from agency.llm.client import CallContext
+
+    m = make_model()
+    client, db = await _client_for(settings, m)
+    try:
+        schema = _answer_schema()
+        await client.call(schema, make_request().messages, CallContext(role="pm", purpose="plan"))
+        assert m.active_mode == "json_schema"
+        server.burst(MockFault(status=500, message="internal error"), 3)
+        server.requests.clear()
+        loop_stamps: list[float] = []
+        real_chat = server._chat
+
+        async def stamped(body: dict[str, Any]) -> Any:
+            loop_stamps.append(time.monotonic())
+            return await real_chat(body)
+
+        server._chat = stamped  # type: ignore[method-assign]
+        out = await client.call(schema, make_request().messages, CallContext(role="pm", purpose="plan"))
+        assert out.answer == "forty-two"
+        assert server.burst_left == 0
+        assert [request_mode(b) for b in server.requests] == ["json_schema"] * 4  # three 500s, then the answer
+        assert m.active_mode == "json_schema"  # the outage changed nothing
+        gaps = [b - a for a, b in zip(loop_stamps, loop_stamps[1:])]
+        assert len(gaps) == 3 and all(g >= 0.04 for g in gaps), gaps  # each retry waited for its backoff
+    finally:
+        await db.dispose()
+
+
+async def test_a_500_burst_before_any_mode_is_known_does_not_pick_one(
+    server: MockOpenAIServer, make_model: Any, settings: Any
+) -> None:
+    from agency.llm.client import CallContext
+
+    server.refuse_modes, server.refuse_status = {"json_schema"}, 400
+    server.burst(MockFault(status=502), 2)
+    m = make_model()
+    client, db = await _client_for(settings, m)
+    try:
+        out = await client.call(_answer_schema(), make_request().messages, CallContext(role="pm", purpose="plan"))
+        assert out.score == 42
+        # two outages on the first mode, then the explicit 400 refusal of json_schema, then json_object works
+        assert [request_mode(b) for b in server.requests] == ["json_schema", "json_schema", "json_schema", "json_object"]
+        assert m.active_mode == "json_object"
+    finally:
+        await db.dispose()
+
+
+async def test_a_long_outage_ends_as_a_retryable_failure_not_a_mode_refusal(
+    server: MockOpenAIServer, make_model: Any, settings: Any
+) -> None:
+    from agency.llm.client import CallContext
+
+    m = make_model()
+    client, db = await _client_for(settings, m)
+    settings.llm.max_retries = 2
+    server.burst(MockFault(status=500), 10)
+    try:
+        with pytest.raises(LLMError) as info:
+            await client.call(_answer_schema(), make_request().messages, CallContext(role="pm", purpose="plan"))
+        assert not isinstance(info.value, ModelRefusedModeError)
+        assert "HTTP 500" in str(info.value) and "refused" not in str(info.value)
+        assert [request_mode(b) for b in server.requests] == ["json_schema"] * 3
+        assert m.active_mode is None
+    finally:
+        await db.dispose()
+
+
+async def test_a_400_naming_response_format_switches_the_mode(server: MockOpenAIServer, make_model: Any) -> None:
+    server.handler = lambda body: (
+        MockFault(status=400, message="Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.")
+        if request_mode(body) == "json_schema"
+        else ANSWER
+    )
+    m = make_model()
+    assert json.loads((await m.generate(make_request())).text) == ANSWER
+    assert [request_mode(b) for b in server.requests] == ["json_schema", "json_object"]
+    assert m.active_mode == "json_object"
+
+
+async def test_a_400_whose_param_is_tools_switches_from_the_tool_mode(server: MockOpenAIServer, make_model: Any) -> None:
+    m = make_model()
+    m._working_mode = "tool"  # as if tool mode had worked before
+    server.handler = lambda body: (
+        MockFault(status=400, message="this model does not support that", param="tools") if request_mode(body) == "tool" else ANSWER
+    )
+    await m.generate(make_request())
+    assert [request_mode(b) for b in server.requests] == ["tool", "json_schema"]
+    assert m.active_mode == "json_schema"
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens "
+         "(8000 in the messages, 1000 in the functions). Please reduce the length of the messages.", "messages"),
+        ("temperature must be between 0 and 2", None),
+        ("context_length_exceeded: the prompt plus response_format is too long", None),
+    ],
+)
+async def test_a_400_naming_something_else_keeps_the_mode(
+    server: MockOpenAIServer, make_model: Any, message: str, param: str | None
+) -> None:
+    m = make_model()
+    await m.generate(make_request())
+    assert m.active_mode == "json_schema"
+    server.handler = lambda body: MockFault(status=400, message=message, param=param)
+    with pytest.raises(LLMError) as info:
+        await m.generate(make_request())
+    assert not isinstance(info.value, (TransientModelError, ModelRefusedModeError))
+    assert "HTTP 400" in str(info.value) and message[:30] in str(info.value)
+    assert [request_mode(b) for b in server.requests] == ["json_schema", "json_schema"]  # no fallback tried
+    assert m.active_mode == "json_schema"
+
+
+async def test_a_404_is_a_wrong_model_or_url_not_a_refusal(server: MockOpenAIServer, make_model: Any) -> None:
+    server.handler = lambda body: MockFault(status=404, message="model 'test-model' not found")
+    m = make_model()
+    with pytest.raises(LLMError) as info:
+        await m.generate(make_request())
+    assert not isinstance(info.value, ModelRefusedModeError)
+    assert "check the model name and the base URL" in str(info.value)
+    assert len(server.requests) == 1 and m.active_mode is None
+
+
+def test_refuses_mode_reads_param_first() -> None:
+    from agency.llm.openai import refuses_mode
+
+    assert refuses_mode("json_schema", 400, "whatever", "response_format")
+    assert not refuses_mode("json_schema", 400, "response_format is fine, messages are not", "messages")
+    assert refuses_mode("tool", 422, "tool_choice 'required' is not supported")
+    assert refuses_mode("tool", 400, '"auto" tool choice requires --enable-auto-tool-choice')
+    assert not refuses_mode("json_object", 400, "tools are not supported")  # not a field the mode sends
+    for status in (404, 429, 500, 502, 503):
+        assert not refuses_mode("json_schema", status, "response_format json_schema unsupported", "response_format")
