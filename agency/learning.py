@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,6 +48,7 @@ from agency.roles import learning as role
 from agency.roles.common import clip
 from agency.schemas import AgentTurn, Evaluation
 from agency.settings import Settings
+from agency.states import APPROVAL, VERSION, ApprovalState, VersionState, transition
 
 log = logging.getLogger(__name__)
 
@@ -398,9 +399,9 @@ class LearningManager:
     # -- versions ---------------------------------------------------------------------------------
     @staticmethod
     async def _activate(s: AsyncSession, member_id: int, row: SystemMessageRow) -> None:
-        await s.execute(update(SystemMessageRow).where(SystemMessageRow.member_id == member_id, SystemMessageRow.status == "active",
-                                                       SystemMessageRow.id != row.id).values(status="retired"))
-        row.status = "active"
+        await transition(s, VERSION, None, VersionState.RETIRED, where=[SystemMessageRow.member_id == member_id, SystemMessageRow.id != row.id])
+        if not await transition(s, VERSION, row.id, VersionState.ACTIVE):
+            raise AgencyError(f"v{row.version} is {row.status}; only a proposed version can become active.")
 
     @staticmethod
     async def _supersede_proposals(s: AsyncSession, agency_id: int, member_id: int, handle: str, *, keep: int | None, why: str) -> None:
@@ -410,11 +411,9 @@ class LearningManager:
         for r in old:
             if r.version == keep:
                 continue
-            r.status = "rejected"
-            r.reason = f"{r.reason}\n({why})".strip()
-            await s.execute(update(ApprovalRow).where(ApprovalRow.kind == "revision", ApprovalRow.status == "pending",
-                                                      ApprovalRow.project_id.in_(projects),
-                                                      ApprovalRow.subject == f"{handle} v{r.version}").values(status="superseded", reason=why))
+            await transition(s, VERSION, r.id, VersionState.REJECTED, frm=(VersionState.PROPOSED,), values={"reason": f"{r.reason}\n({why})".strip()})
+            await transition(s, APPROVAL, None, ApprovalState.SUPERSEDED, where=[ApprovalRow.kind == "revision", ApprovalRow.project_id.in_(projects),
+                                                                                ApprovalRow.subject == f"{handle} v{r.version}"], values={"reason": why})
 
     async def decide_revision(self, s: AsyncSession, p: ProjectRow, a: ApprovalRow, approved: bool, reason: str | None,
                               choice: int | None) -> str:
@@ -434,8 +433,8 @@ class LearningManager:
                  f"@{m.handle} now works from system message v{row.version} (approved by the Director). "
                  f"`/specialist history {m.handle}` lists every version; `/specialist rollback {m.handle} <version>` restores one.")
             return f"System message v{row.version} of @{m.handle} is now active."
-        row.status = "rejected"
-        row.reason = f"{row.reason}\nRejected by the Director: {reason}".strip()
+        await transition(s, VERSION, row.id, VersionState.REJECTED, frm=(VersionState.PROPOSED,),
+                         values={"reason": f"{row.reason}\nRejected by the Director: {reason}".strip()})
         post(s, p.agency_id, p.id, where, LEARNING_HANDLE, f"Revision v{row.version} of @{m.handle} rejected: {reason}. The current version stays.")
         return f"Revision v{row.version} of @{m.handle} rejected."
 

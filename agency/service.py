@@ -26,8 +26,10 @@ from agency.db.tables import (
     StreamMemberRow,
     StreamRow,
     TaskRow,
+    utcnow,
 )
 from agency.engine import PM_HANDLE, Engine
+from agency.engine.tasks import ACTIVE, supersede_approvals
 from agency.errors import AgencyError, CommandError, NotFoundError, PermissionDeniedError
 from agency.llm.client import CallContext, LLMClient, ModelSet
 from agency.llm.simulated import NOTICE, SimulatedModel
@@ -39,6 +41,7 @@ from agency.ports import ChatPort
 from agency.roles import specialist as spec_role
 from agency.schemas import AgentTurn, ProjectRequest
 from agency.settings import Settings
+from agency.states import APPROVAL, PROJECT, TASK, ApprovalState, ProjectState, TaskState, transition
 from specialists.loader import Catalogue, load_catalogue
 
 log = logging.getLogger(__name__)
@@ -183,7 +186,7 @@ class AgencyService:
             raise AgencyError("Cannot start the project: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
         async with self.db.session() as s:
             a = await self._agency(s, agency_external_id)
-            p = ProjectRow(agency_id=a.id, objective=req.objective, oversight=req.oversight, status="new",
+            p = ProjectRow(agency_id=a.id, objective=req.objective, oversight=req.oversight, status=ProjectState.NEW,
                            budget_usd=req.budget_usd, budget_tokens=req.budget_tokens, director_notes=[],
                            dry_run=int(self.llm.simulated))
             s.add(p)
@@ -271,6 +274,17 @@ class AgencyService:
                 by_stream[t.stream][t.status] += 1
             approvals = [(a.id, a.kind, a.subject) for a in (await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == project_id, ApprovalRow.status == "pending"))).scalars()]
             tokens, cost, calls = await repos.project_usage(s, project_id)
+            from sqlalchemy import and_, func, or_
+
+            from agency.db.tables import MessageRow
+            from agency.states import MessageState
+
+            # messages of this project (and the agency's own) that the chat refused for good, by reason
+            undeliverable = [(int(n), why or "") for n, why in (await s.execute(
+                select(func.count(MessageRow.id), MessageRow.error).where(
+                    MessageRow.status == MessageState.UNDELIVERABLE,
+                    or_(MessageRow.project_id == project_id, and_(MessageRow.agency_id == p.agency_id, MessageRow.project_id.is_(None))))
+                .group_by(MessageRow.error).order_by(func.count(MessageRow.id).desc()))).all()]
             end = p.finished_at or datetime.now(timezone.utc)
             return StatusReport(
                 project=self._info(p), tasks=infos, streams=by_stream,
@@ -279,6 +293,7 @@ class AgencyService:
                 + ([p.error] if p.status == "blocked" and p.error else []),
                 pending_approvals=approvals, tokens=tokens, cost_usd=cost, budget_usd=p.budget_usd, budget_tokens=p.budget_tokens,
                 elapsed_seconds=(end - p.created_at).total_seconds(), calls=calls, dry_run=bool(p.dry_run),
+                undeliverable=undeliverable,
             )
 
     @staticmethod
@@ -293,6 +308,10 @@ class AgencyService:
             lines.append("Running: " + ", ".join(r.running))
         if r.blockers:
             lines.append("Blockers: " + "; ".join(b for b in r.blockers if b))
+        if r.undeliverable:
+            n = sum(c for c, _ in r.undeliverable)
+            lines.append(f"Undeliverable: {n} message{'s' if n != 1 else ''} (kept, delivered once fixed): "
+                         + "; ".join(f"{why} ({c})" for c, why in r.undeliverable))
         if r.pending_approvals:
             lines.append("Waiting for the Director: " + ", ".join(f"{k} {s}".strip() for _, k, s in r.pending_approvals))
         budget = f" of {format_usd(r.budget_usd)}" if r.budget_usd else (f" of {r.budget_tokens} tokens" if r.budget_tokens else "")
@@ -356,11 +375,11 @@ class AgencyService:
             p = await s.get(ProjectRow, project_id)
             if p is None:
                 raise NotFoundError(f"There is no project #{project_id}.")
-            if p.status in TERMINAL or p.status == "paused":
+            if not await transition(s, PROJECT, p.id, ProjectState.PAUSED, frm=ACTIVE, project_id=p.id, event="paused", actor=actor.name,
+                                    values={"paused_from": ProjectRow.status}):
+                await s.rollback()
                 return f"Project #{project_id} is {p.status}."
-            p.paused_from, p.status = p.status, "paused"
             post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} paused by {actor.name}. Work in flight stops before its next model call.")
-            repos.event(s, p.id, "paused", actor=actor.name)
             await s.commit()
         self.engine._changed(project_id)
         return f"Project #{project_id} paused."
@@ -371,14 +390,16 @@ class AgencyService:
             p = await s.get(ProjectRow, project_id)
             if p is None:
                 raise NotFoundError(f"There is no project #{project_id}.")
-            if p.status not in ("paused", "blocked"):
+            values: dict[str, Any] = {"paused_from": None, "error": None}
+            if p.status == ProjectState.BLOCKED and p.paused_from == ProjectState.PLANNING:  # a fresh round of plan attempts
+                values.update(plan_round=ProjectRow.plan_round + 1, plan_attempt=0)
+            if p.status not in (ProjectState.PAUSED, ProjectState.BLOCKED) or not await transition(
+                    s, PROJECT, p.id, p.paused_from or ProjectState.RUNNING, frm=(p.status,), project_id=p.id, event="resumed", actor=actor.name,
+                    where=[ProjectRow.paused_from == p.paused_from] if p.paused_from else [ProjectRow.paused_from.is_(None)], values=values):
+                await s.rollback()
                 return f"Project #{project_id} is {p.status}; nothing to resume."
-            if p.status == "blocked" and p.paused_from == "planning":
-                p.plan_round += 1
-            p.status, p.paused_from, p.error = p.paused_from or "running", None, None
-            await s.execute(ApprovalRow.__table__.update().where(ApprovalRow.project_id == p.id, ApprovalRow.kind == "budget", ApprovalRow.status == "pending").values(status="superseded"))
+            await supersede_approvals(s, p.id, "budget")
             post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} resumed by {actor.name}.")
-            repos.event(s, p.id, "resumed", actor=actor.name)
             await s.commit()
         self.engine.spawn(project_id)
         return f"Project #{project_id} resumed."
@@ -389,9 +410,9 @@ class AgencyService:
             p = await s.get(ProjectRow, project_id)
             if p is None:
                 raise NotFoundError(f"There is no project #{project_id}.")
-            if p.status in TERMINAL:
+            if not await self.engine.cancel_in(s, p, f"cancelled by {actor.name}"):
+                await s.rollback()
                 return f"Project #{project_id} is already {p.status}."
-            await self.engine.cancel_in(s, p, f"cancelled by {actor.name}")
             await s.commit()
         self.engine.wake(project_id)
         self.engine._changed(project_id)
@@ -414,13 +435,11 @@ class AgencyService:
             p.budget_usd = usd
             p.budget_warned = 0
             resumed = False
-            if p.status == "paused":
-                pending = (await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == p.id, ApprovalRow.kind == "budget", ApprovalRow.status == "pending"))).scalars().all()
-                for a in pending:
-                    a.status = "approved"
-                    a.decided_by = actor.name
-                if pending:
-                    p.status, p.paused_from, resumed = p.paused_from or "running", None, True
+            if p.status == ProjectState.PAUSED and await transition(
+                    s, APPROVAL, None, ApprovalState.APPROVED, frm=(ApprovalState.PENDING,),
+                    where=[ApprovalRow.project_id == p.id, ApprovalRow.kind == "budget"], values={"decided_by": actor.name, "decided_at": utcnow()}):
+                resumed = bool(await transition(s, PROJECT, p.id, p.paused_from or ProjectState.RUNNING, frm=(ProjectState.PAUSED,),
+                                                project_id=p.id, event="resumed", actor=actor.name, values={"paused_from": None}))
             post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Budget set to {format_usd(usd)} by {actor.name}." + (" The project continues." if resumed else ""))
             repos.event(s, p.id, "budget_set", usd=usd)
             await s.commit()
@@ -581,11 +600,11 @@ class AgencyService:
             t = (await s.execute(q.order_by(TaskRow.id.desc()).limit(1))).scalar_one_or_none()
             if t is None:
                 raise NotFoundError(f"{task_key} is not assigned to you. `/todo` lists your tasks.")
-            if t.status != "running":
+            if t.status != TaskState.RUNNING or not await transition(s, TASK, t.id, TaskState.REVIEW, frm=(TaskState.RUNNING,),
+                                                                    where=[TaskRow.seq == t.seq], values={"output": output}, project_id=t.project_id,
+                                                                    event="submitted", key=t.key, by=m.handle):
+                await s.rollback()
                 raise AgencyError(f"{task_key} is {t.status}; you can submit only a running task.")
-            t.output = output
-            t.status = "review"
-            repos.event(s, t.project_id, "submitted", task_id=t.id, key=t.key, by=m.handle)
             post(s, a.id, t.project_id, repos.stream_addr(t.stream_id), m.handle, f"/submit {t.key}\n{output}")
             await s.commit()
             pid = t.project_id

@@ -154,7 +154,10 @@ MESSAGE = Machine("message", MessageRow, M.PENDING, _m({
     M.PENDING: {M.DELIVERED, M.UNDELIVERABLE, M.SUPERSEDED, M.FAILED},
     M.UNDELIVERABLE: {M.PENDING, M.SUPERSEDED},
     M.FAILED: {M.PENDING, M.SUPERSEDED},
-    M.DELIVERED: set(), M.SUPERSEDED: set(), M.RECEIVED: set(),
+    # a send already in flight when a newer version superseded the row went out: it is recorded as
+    # delivered, so the next version edits that message instead of posting another one
+    M.SUPERSEDED: {M.DELIVERED},
+    M.DELIVERED: set(), M.RECEIVED: set(),
 }))
 
 VERSION = Machine("version", SystemMessageRow, V.PROPOSED, _m({
@@ -164,6 +167,14 @@ VERSION = Machine("version", SystemMessageRow, V.PROPOSED, _m({
 }))
 
 MACHINES = (PROJECT, TASK, APPROVAL, STREAM, MESSAGE, VERSION)
+
+
+async def _reload(s: AsyncSession, table: Any, row_id: int | None, keys: list[str]) -> None:
+    """Rows of ``table`` loaded in ``s`` read back what the UPDATE wrote (it ran without the ORM's
+    synchronisation, which leaves SQL-expression values expired, and an async session cannot lazy-load)."""
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, table) and (row_id is None or obj.id == row_id):
+            await s.refresh(obj, attribute_names=keys)
 
 
 def _sources(machine: Machine, to: str, frm: Iterable[str] | None) -> list[str]:
@@ -202,7 +213,9 @@ async def transition(
     if machine is TASK:  # every task transition bumps seq: a step read at seq N applies only while seq is still N
         extra.setdefault("seq", TaskRow.seq + 1)
     stmt = update(table).where(*conds).values(status=str(to), **extra)
-    n = int((await s.execute(stmt, execution_options={"synchronize_session": "fetch"})).rowcount or 0)  # type: ignore[attr-defined]
+    n = int((await s.execute(stmt, execution_options={"synchronize_session": False})).rowcount or 0)  # type: ignore[attr-defined]
+    if n:
+        await _reload(s, table, row_id, ["status", *extra])
     if n and event is not None:
         from agency.db import repos
 

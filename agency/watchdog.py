@@ -70,7 +70,7 @@ class Watchdog:
             await s.commit()
         for pid, tid, reason in escalate:
             try:
-                await self.engine._escalate(pid, tid, reason)
+                await self.engine.escalate(pid, tid, reason)
             except Exception:
                 log.exception("watchdog could not escalate task %s (project=%s)", tid, pid)
         if actions:

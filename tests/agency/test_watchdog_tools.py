@@ -40,6 +40,12 @@ async def test_watchdog_resumes_then_escalates_a_stuck_task(make_service) -> Non
     assert await dog.check_once(later) == ["resumed T1 of project 1"]
     much_later = later + timedelta(seconds=2 * service.settings.engine.task_deadline_seconds + 1)
     assert await dog.check_once(much_later) == ["escalated T1 of project 1"]
+
+    async def approval_asked() -> bool:  # the PM's decision on the escalation is a step of its own
+        async with service.db.session() as s:
+            return bool((await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == info.id))).first())
+
+    await wait_for(approval_asked)
     async with service.db.session() as s:
         appr = (await s.execute(select(ApprovalRow).where(ApprovalRow.project_id == info.id))).scalars().all()
         kinds = [e.kind for e in (await s.execute(select(EventRow).where(EventRow.project_id == info.id))).scalars()]

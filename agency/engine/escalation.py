@@ -1,0 +1,121 @@
+"""The PM's decision on an escalated task (Specialist -> Collaborator -> PM ->
+Director): one model call, then one transaction: guidance, a reassignment or
+a new hire (``escalated -> running``), or the Director's gate
+(``escalated -> blocked`` with an approval). Past the handoff chain, or when
+the PM's answer cannot be used, the Director decides.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agency.db import repos
+from agency.db.repos import overview, post, stream_addr, thread_addr
+from agency.db.tables import ApprovalRow, MemberRow, ProjectRow, StreamMemberRow, TaskRow
+from agency.engine.base import PM_HANDLE, Core
+from agency.engine.tasks import project_handles
+from agency.errors import AgencyError, LLMOutputError
+from agency.llm.client import CallContext
+from agency.roles import pm as pm_role
+from agency.schemas import EscalationDecision
+from agency.states import TASK, ApprovalState, TaskState, transition
+
+
+class Escalations:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def pm_decision(self, pid: int, tid: int) -> None:
+        core = self.core
+        async with core.db.session() as s:
+            t = await s.get(TaskRow, tid)
+            p = await s.get(ProjectRow, pid)
+            assert t is not None and p is not None
+            seq, attempt, reason = t.seq, t.attempt, t.blocked_reason or "escalated"
+            pm = await core.ensure_member(s, p.agency_id, PM_HANDLE, "pm", "pm")
+            await s.commit()
+            assignee = await s.get(MemberRow, t.assignee_id)
+            assert assignee is not None
+            members = await project_handles(s, pid)
+            task_view = {**core.task_view(t), "assignee": assignee.handle, "attempt": attempt, "output": (t.output or "")[:2000]}
+            ctx = CallContext(role="pm", purpose="escalation", agency_id=p.agency_id, project_id=pid, task_id=tid, member_id=pm.id,
+                              call_key=f"t{tid}:a{attempt}:escalation", meta={"purpose": "escalation", "reason": reason, "task": task_view})
+        decision: EscalationDecision | None = None
+        if attempt < core.settings.engine.handoff_chain - 1:  # bounded handoff chain, then the Director
+            try:
+                decision = await core.llm.call(EscalationDecision, pm_role.escalation_messages(task_view, reason, members), ctx)
+            except LLMOutputError:
+                decision = None  # the PM's answer cannot be used: the Director decides
+        async with core.db.session() as s:
+            t = await s.get(TaskRow, tid)
+            p = await s.get(ProjectRow, pid)
+            assert t is not None and p is not None
+            if await self._apply(s, p, t, decision, reason, seq):
+                await core.commit(s, pid)
+            else:
+                await s.rollback()
+
+    async def _apply(self, s: AsyncSession, p: ProjectRow, t: TaskRow, decision: EscalationDecision | None, reason: str, seq: int) -> bool:
+        pid, tid = p.id, t.id
+        guard = [TaskRow.seq == seq]
+        action = decision.action if decision else "escalate"
+        target: MemberRow | None = None
+        if action == "reassign":
+            target = await repos.member_by_handle(s, p.agency_id, decision.assignee) if decision and decision.assignee else None
+            if target is None or target.kind not in ("specialist", "human") or target.id == t.assignee_id:
+                action = "escalate"
+        elif action == "hire":
+            role = (decision.hire_role if decision else "") or ""
+            definition = self.core.catalogue.get(role)
+            if definition is None:
+                action = "escalate"
+            else:
+                target = await self.core.ensure_member(s, p.agency_id, await self._free_handle(s, p.agency_id, role), "specialist",
+                                                       definition.role, definition)
+        elif action == "replan":
+            action = "escalate"  # a replan mid-run is the Director's call
+        again: dict[str, Any] = {"attempt": t.attempt + 1, "revision": 0, "step": 0, "blocked_reason": None, "asks": []}
+        if action in ("reassign", "hire") and target is not None:
+            old = (await s.get(MemberRow, t.assignee_id))
+            if not await transition(s, TASK, tid, TaskState.RUNNING, frm=(TaskState.ESCALATED,), where=guard, project_id=pid,
+                                    event=action, to=target.handle,
+                                    values={**again, "assignee_id": target.id, "review_notes": None,
+                                            "context": [{"from": PM_HANDLE, "text": decision.message if decision else reason}]}):
+                return False
+            if (await s.execute(select(StreamMemberRow).where(StreamMemberRow.stream_id == t.stream_id, StreamMemberRow.member_id == target.id))).first() is None:
+                s.add(StreamMemberRow(stream_id=t.stream_id, member_id=target.id))
+                if target.kind != "human":
+                    await repos.declare_space(s, p.agency_id, thread_addr(t.stream_id, target.id), "thread", f"{target.handle} - work", parent=stream_addr(t.stream_id))
+            post(s, p.agency_id, pid, overview(pid), PM_HANDLE,
+                 f"/assign {t.key} @{target.handle} (was @{old.handle if old else '?'}): {reason}", kind="action")
+            return True
+        if action == "feedback" and decision is not None:
+            if not await transition(s, TASK, tid, TaskState.RUNNING, frm=(TaskState.ESCALATED,), where=guard, project_id=pid,
+                                    event="pm_feedback", values={**again, "context": [{"from": PM_HANDLE, "text": decision.message}]}):
+                return False
+            post(s, p.agency_id, pid, stream_addr(t.stream_id), PM_HANDLE, f"Guidance for {t.key}: {decision.message}")
+            return True
+        why = decision.message if decision and decision.message else reason
+        if not await transition(s, TASK, tid, TaskState.BLOCKED, frm=(TaskState.ESCALATED,), where=guard, project_id=pid,
+                                event="escalated_to_director", reason=why, values={"blocked_reason": reason}):
+            return False
+        appr = ApprovalRow(project_id=pid, kind="escalation", subject=t.key, status=ApprovalState.PENDING)
+        s.add(appr)
+        await s.flush()
+        post(s, p.agency_id, pid, overview(pid), PM_HANDLE,
+             f"/escalate {t.key} '{t.title}' needs you: {why}\n`/approve` to "
+             + ("accept its current output" if t.output else "retry it")
+             + ", or `/reject <guidance>` to retry with your guidance.",
+             kind="approval", approval_id=appr.id, mentions=["director"])
+        return True
+
+    @staticmethod
+    async def _free_handle(s: AsyncSession, agency_id: int, role: str) -> str:
+        base = role.capitalize()
+        for suffix in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+            h = f"{base}-{suffix}"
+            if await repos.member_by_handle(s, agency_id, h) is None:
+                return h
+        raise AgencyError(f"No free handle for role {role}.")

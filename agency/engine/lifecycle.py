@@ -1,0 +1,296 @@
+"""Runs projects durably: one runner per project dispatches the step that the
+project's stored state calls for, and recovers from what a step raises.
+
+State lives in the database, not in coroutines: every step reads the project
+and its tasks, makes at most one model call, and writes the result together
+with its state change (:func:`agency.states.transition`) and its outbound
+messages in one transaction. After a crash or restart, :meth:`Engine.start`
+reloads every unfinished project and carries on from the last committed step;
+model answers already recorded are reused (see
+:class:`agency.llm.client.LLMClient`), and conditional transitions make sure no
+step is applied twice.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agency.db import repos
+from agency.db.repos import SYSTEM, overview, post
+from agency.db.session import Database
+from agency.db.tables import ApprovalRow, EventRow, ProjectRow, TaskRow
+from agency.engine import tasks as task_moves
+from agency.engine.base import LOCK_RETRIES, PROJECT_GATE, Core, ProjectHook, ProjectPaused, Recall, is_lock_timeout, log
+from agency.engine.decisions import Decisions, Handler
+from agency.engine.delivery import Delivery
+from agency.engine.escalation import Escalations
+from agency.engine.planning import Planning
+from agency.engine.questions import Questions
+from agency.engine.review import Reviews
+from agency.engine.scheduling import FlightStats, Scheduler, TaskSteps
+from agency.engine.staffing import Staffing
+from agency.engine.work import Work
+from agency.errors import BudgetExceededError, LLMError
+from agency.llm.client import CallContext, LLMClient
+from agency.llm.usage import format_usd
+from agency.schemas import WorkPlan
+from agency.settings import Settings
+from agency.states import PROJECT_TERMINAL, ProjectState, TaskState
+from specialists.loader import Catalogue
+
+_HALTED = (ProjectState.PAUSED, ProjectState.CANCELLED, ProjectState.BLOCKED)
+
+
+class Engine:
+    def __init__(self, db: Database, llm: LLMClient, settings: Settings, catalogue: Catalogue, *,
+                 recall: Recall | None = None, tools: Any = None, on_project_done: list[ProjectHook] | None = None,
+                 extra_decisions: Mapping[str, Handler] | None = None) -> None:
+        self.core = core = Core(db, llm, settings, catalogue, recall=recall, tools=tools)
+        self.db, self.llm, self.settings, self.catalogue = db, llm, settings, catalogue
+        self.on_project_done: list[ProjectHook] = on_project_done if on_project_done is not None else []
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._wake: dict[int, asyncio.Event] = {}
+        self._stopping = False
+        self._halting: set[int] = set()  # projects whose task workers must stop at their next step
+        self.planning = Planning(core)
+        self.staffing = Staffing(core)
+        self.work = Work(core)
+        self.questions = Questions(core)
+        self.reviews = Reviews(core)
+        self.escalations = Escalations(core)
+        self.delivery = Delivery(core, self.on_project_done)
+        self.decisions = Decisions(core, self.planning, extra_decisions, on_decided=self.spawn)
+        self.scheduler = Scheduler(core, TaskSteps(turn=self.work.turn, answer=self.questions.answer, review=self.reviews.review,
+                                                   pm_decision=self.escalations.pm_decision),
+                                   halting=self._halting, stop_tasks=self._stop_tasks, wait_wake=self._wait_wake,
+                                   stopping=lambda: self._stopping)
+        self._steps = {ProjectState.NEW: self.planning.propose, ProjectState.PLANNING: self.planning.plan,
+                       ProjectState.STAFFING: self.staffing.staff, ProjectState.RUNNING: self.scheduler.run_tasks,
+                       ProjectState.DELIVERING: self.delivery.deliver}
+        llm.budget_check = self.before_call
+
+    # -- what the service and adapters use ------------------------------------------------------
+    @property
+    def recall(self) -> Recall | None:
+        return self.core.recall
+
+    @recall.setter
+    def recall(self, value: Recall | None) -> None:
+        self.core.recall = value
+
+    @property
+    def tools(self) -> Any:
+        return self.core.tools
+
+    @property
+    def outbox_ready(self) -> asyncio.Event:
+        return self.core.outbox_ready
+
+    @property
+    def on_change(self) -> list[Callable[[int], None]]:
+        return self.core.on_change
+
+    @property
+    def stats(self) -> dict[int, FlightStats]:
+        return self.scheduler.stats
+
+    @property
+    def extra_decisions(self) -> dict[str, Handler]:
+        return self.decisions.handlers
+
+    def _changed(self, pid: int) -> None:
+        self.core.changed(pid)
+
+    async def decide(self, approval_id: int, approved: bool, *, actor: str, reason: str | None = None, choice: int | None = None,
+                     agency_id: int | None = None) -> str:
+        return await self.decisions.decide(approval_id, approved, actor=actor, reason=reason, choice=choice, agency_id=agency_id)
+
+    async def pending_approval(self, project_id: int) -> ApprovalRow | None:
+        return await self.decisions.pending(project_id)
+
+    async def validate_plan(self, s: AsyncSession, p: ProjectRow, plan: WorkPlan) -> list[str]:
+        return await self.planning.validate_plan(s, p, plan)
+
+    async def cancel_in(self, s: AsyncSession, p: ProjectRow, why: str) -> bool:
+        return await task_moves.cancel(s, p, why)
+
+    async def escalate(self, pid: int, tid: int, reason: str) -> bool:
+        """Escalate a running task from outside its worker (the watchdog); its worker's step in flight
+        then no longer applies."""
+        async with self.db.session() as s:
+            t = await s.get(TaskRow, tid)
+            p = await s.get(ProjectRow, pid)
+            if t is None or p is None:
+                return False
+            applied = await task_moves.escalate(s, p, t, reason, frm=(TaskState.RUNNING, TaskState.REVIEW))
+            await self.core.commit(s, pid)
+        if applied:
+            self.scheduler.interrupt(pid, tid)
+            self.spawn(pid)
+        return applied
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> list[int]:
+        """Resume every unfinished project (after a restart)."""
+        async with self.db.session() as s:
+            ids = list((await s.execute(select(ProjectRow.id).where(ProjectRow.status.not_in(PROJECT_TERMINAL)))).scalars())
+        for pid in ids:
+            self.spawn(pid)
+        if ids:
+            log.info("resumed %d project(s): %s", len(ids), ids)
+        if self.on_project_done:
+            async with self.db.session() as s:
+                finished = select(EventRow.project_id).where(EventRow.kind == "after_delivery_done")
+                cut = list((await s.execute(select(ProjectRow.id).where(ProjectRow.status == ProjectState.DONE, ProjectRow.id.not_in(finished)))).scalars())
+            for pid in cut:  # delivered, but the process stopped before memory and learning ran
+                self._runners[pid] = asyncio.create_task(self.delivery.after_delivery(pid), name=f"after-delivery-{pid}")
+        return ids
+
+    def spawn(self, project_id: int) -> None:
+        t = self._runners.get(project_id)
+        if t is not None and not t.done():
+            self.wake(project_id)
+            return
+        self._runners[project_id] = asyncio.create_task(self._run_project(project_id), name=f"project-{project_id}")
+
+    def wake(self, project_id: int) -> None:
+        self._wake.setdefault(project_id, asyncio.Event()).set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop scheduling: every runner and worker ends at its next step (committed state stands)."""
+        self._stopping = True
+        for ev in self._wake.values():
+            ev.set()
+        await self._stop_tasks([t for t in self._runners.values() if not t.done()], timeout)
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+        """End tasks without interrupting a database write: a task waiting on a model is cancelled at
+        once; any other finishes its step and stops at the next check. Past ``timeout``, cancel."""
+        pending = {t for t in tasks if not t.done()}
+        end = asyncio.get_running_loop().time() + timeout
+        while pending:
+            for t in pending:
+                if t in self.llm.in_model:
+                    t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+            if pending and asyncio.get_running_loop().time() > end:
+                log.warning("%d task(s) did not stop within %.0f s; cancelling them", len(pending), timeout)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                break
+        for t in tasks:  # retrieved here: how they ended is already recorded in the database
+            if t.done() and not t.cancelled():
+                t.exception()
+
+    async def wait_project(self, project_id: int) -> None:
+        t = self._runners.get(project_id)
+        if t is not None:
+            await asyncio.shield(t)
+
+    async def _wait_wake(self, pid: int, timeout: float | None = None) -> None:
+        ev = self._wake.setdefault(pid, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout):
+                await ev.wait()
+        except TimeoutError:
+            pass
+        ev.clear()
+
+    # -- the project loop ----------------------------------------------------------------------
+    async def _run_project(self, pid: int) -> None:
+        structlog.contextvars.clear_contextvars()  # this task's own context: every log line in it carries the project id
+        structlog.contextvars.bind_contextvars(project_id=pid)
+        lock_retries = 0
+        try:
+            while not self._stopping:
+                async with self.db.session() as s:
+                    status = (await s.execute(select(ProjectRow.status).where(ProjectRow.id == pid))).scalar_one_or_none()
+                if status is None or status in PROJECT_TERMINAL:
+                    return
+                step = self._steps.get(status)
+                try:
+                    if step is None:  # awaiting_approach, awaiting_plan, paused, blocked: a person decides
+                        await self._wait_wake(pid)
+                    else:
+                        await step(pid)
+                except ProjectPaused:
+                    continue
+                except BudgetExceededError as e:
+                    await self._pause_for_budget(pid, e.user_message)
+                except LLMError as e:
+                    await self._block(pid, f"A model call failed: {e.user_message}")
+                except OperationalError as e:
+                    # SQLite breaks a lock wait with "database is locked" once its busy timeout passes; the
+                    # step's transaction was rolled back, and every step is safe to redo (as after a restart)
+                    if not is_lock_timeout(e) or lock_retries >= LOCK_RETRIES:
+                        raise
+                    lock_retries += 1
+                    log.warning("project %s: the database was locked; retrying the step (%d/%d)", pid, lock_retries, LOCK_RETRIES)
+                    await asyncio.sleep(min(0.5 * 2 ** lock_retries, 5.0))
+                else:
+                    lock_retries = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # never die silently: record and tell the Director
+            log.exception("project %s crashed", pid)
+            await self._block(pid, f"Internal error: {type(e).__name__}: {e}")
+
+    async def _block(self, pid: int, reason: str) -> None:
+        async with self.db.session() as s:
+            await task_moves.block(s, pid, reason)
+            await self.core.commit(s, pid)
+
+    async def _pause_for_budget(self, pid: int, message: str) -> None:
+        async with self.db.session() as s:
+            await task_moves.pause_for_budget(s, pid, message)
+            await self.core.commit(s, pid)
+
+    # -- the budget gate: before every model call ---------------------------------------------------
+    async def before_call(self, ctx: CallContext) -> None:
+        if ctx.project_id is None:
+            return
+        if self._stopping or ctx.project_id in self._halting:
+            raise ProjectPaused()
+        async with self.db.engine.connect() as conn:  # the common case in one prebuilt read, no ORM session
+            gate = (await conn.execute(PROJECT_GATE, {"pid": ctx.project_id})).one_or_none()
+        if gate is None:
+            return
+        status, budget_usd, budget_tokens = gate
+        if status in _HALTED and ctx.purpose not in ("evaluate", "revise"):
+            raise ProjectPaused()
+        if budget_usd is None and budget_tokens is None:
+            return
+        async with self.db.session() as s:  # a budget: load the project, whose warning flag this may set
+            p = await s.get(ProjectRow, ctx.project_id)
+            if p is None:
+                return
+            tokens, cost, _ = await repos.project_usage(s, p.id)
+            spent = cost / p.budget_usd if p.budget_usd else tokens / p.budget_tokens  # type: ignore[operator]
+            if spent >= 1.0:
+                raise BudgetExceededError(
+                    f"Project #{p.id} has spent {self._spend_text(p, tokens, cost)}; raise the budget with `/budget <usd>` or stop."
+                )
+            if spent >= self.settings.engine.budget_warn_ratio and not p.budget_warned:
+                from sqlalchemy import update
+
+                warned = await s.execute(update(ProjectRow).where(ProjectRow.id == p.id, ProjectRow.budget_warned == 0).values(budget_warned=1)
+                                         .execution_options(synchronize_session=False))
+                if warned.rowcount:  # type: ignore[attr-defined]  # once, even when two calls cross the line together
+                    post(s, p.agency_id, p.id, overview(p.id), SYSTEM,
+                         f"Budget warning: project #{p.id} has used {spent:.0%} ({self._spend_text(p, tokens, cost)}).",
+                         kind="notice", mentions=["director"])
+                    repos.event(s, p.id, "budget_warning", ratio=spent)
+                await self.core.commit(s, p.id)
+
+    @staticmethod
+    def _spend_text(p: ProjectRow, tokens: int, cost: float) -> str:
+        if p.budget_usd:
+            return f"{format_usd(cost)} of {format_usd(p.budget_usd)}"
+        return f"{tokens} of {p.budget_tokens} tokens"
