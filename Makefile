@@ -6,7 +6,11 @@ OBJECTIVE ?= Write a one-page market brief on home espresso machines for a small
 
 .PHONY: install demo test bench clean
 
+# bubblewrap isolates the python tool (docs/security.md); installed through apt-get when
+# missing and run as root, skipped quietly otherwise: without it the tool is simply off
 install: $(VENV)/.installed
+	@command -v bwrap >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || true
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from agency.errors import AgencyError, SettingsError
 from agency.ports import Memory
 from agency.tools.base import ROLES, Tool, ToolCall, ToolContext, ToolResult, clip
+from agency.tools.isolation import isolation_status
 from agency.tools.python_sandbox import PythonTool, SandboxLimits
 from agency.tools.retrieve import RetrieveTool
 from agency.tools.web_search import DISABLED_MESSAGE, WebSearchTool
@@ -141,9 +142,12 @@ class ToolRegistry:
         policy: ToolPolicy | None = None,
         *,
         recorder: Recorder | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self.policy = policy or ToolPolicy()
         self.recorder = recorder
+        # enabled tools that cannot run on this machine (name -> why): never offered, refused if called
+        self.unavailable = dict(unavailable or {})
         self._tools: dict[str, Tool] = {}
         for tool in tools:
             if tool.name in self._tools:
@@ -180,6 +184,8 @@ class ToolRegistry:
     def _refusal(self, call: ToolCall, ctx: ToolContext) -> str | None:
         tool = self._tools.get(call.tool)
         allowed = [t.name for t in self.available_for(ctx.role)]
+        if tool is None and call.tool in self.unavailable and self.policy.is_enabled(call.tool):
+            return f"the tool '{call.tool}' is not available on this machine ({self.unavailable[call.tool]})"
         if tool is None:
             known = ", ".join(allowed) if allowed else "none"
             return f"unknown tool '{call.tool}'; the tools you can call are: {known}"
@@ -261,12 +267,20 @@ def build_registry(
     recorder: Recorder | None = None,
     extra_tools: Iterable[Tool] = (),
 ) -> ToolRegistry:
-    """The registry with the built-in tools, configured by ``policy``."""
+    """The registry with the built-in tools, configured by ``policy``.
+
+    ``python`` is registered only when real process isolation works here
+    (probed once per process, :func:`agency.tools.isolation.isolation_status`);
+    otherwise it is not offered to models, a warning says what to install, and
+    a call to it is refused.
+    """
     policy = policy or ToolPolicy()
-    tools: list[Tool] = [
-        RetrieveTool(memory),
-        PythonTool(policy.python),
-        WebSearchTool(enabled=policy.web_search_enabled),
-        *extra_tools,
-    ]
-    return ToolRegistry(tools, policy, recorder=recorder)
+    tools: list[Tool] = [RetrieveTool(memory)]
+    unavailable: dict[str, str] = {}
+    status = isolation_status() if policy.is_enabled("python") else None  # disabled: no probe, refused as disabled
+    if status is None or status.available:
+        tools.append(PythonTool(policy.python))
+    else:
+        unavailable["python"] = f"no process isolation: {status.reason}"
+    tools += [WebSearchTool(enabled=policy.web_search_enabled), *extra_tools]
+    return ToolRegistry(tools, policy, recorder=recorder, unavailable=unavailable)
