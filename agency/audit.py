@@ -83,7 +83,7 @@ async def export_audit(db: Database, project_id: int) -> AsyncIterator[dict[str,
         timeline.append((m.created_at, _ORDER["message"], m.id, {
             "type": "message", "id": m.id, "at": m.created_at, "direction": m.direction, "address": m.address, "persona": m.persona,
             "kind": m.kind, "content": m.content, "attachment_name": m.attachment_name, "attachment_text": m.attachment_text,
-            "approval_id": m.approval_id, "status": m.status, "delivered_at": m.delivered_at,
+            "approval_id": m.approval_id, "status": m.status, "delivered_at": m.delivered_at, "attempts": m.attempts, "error": m.error,
         }))
     for c in calls:
         timeline.append((c.created_at, _ORDER["llm_call"], c.id, {

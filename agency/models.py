@@ -70,6 +70,7 @@ class StatusReport:
     elapsed_seconds: float
     calls: int
     dry_run: bool
+    undeliverable: list[tuple[int, str]] = field(default_factory=list)  # (count, reason) of messages the chat refused
 
     @property
     def done(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from agency.llm.base import ChatModel  # re-exported: the model port
@@ -13,12 +13,15 @@ __all__ = [
     "ChatModel",
     "ChatPort",
     "Clock",
-    "SystemClock",
-    "SpaceSpec",
-    "OutboundMessage",
+    "DeliveryError",
+    "DeliveryPermanentError",
+    "DeliveryTransientError",
     "Memory",
     "MemoryEntry",
     "MemoryHit",
+    "OutboundMessage",
+    "SpaceSpec",
+    "SystemClock",
 ]
 
 SpaceKind = Literal["hq", "project", "overview", "stream", "thread"]
@@ -63,9 +66,49 @@ class OutboundMessage:
     maybe_sent: bool = False
 
 
+class DeliveryError(Exception):
+    """A chat port could not deliver (or place) a message. Adapters raise one of the two subclasses;
+    the outbox treats any other exception as transient (and logs it)."""
+
+
+class DeliveryTransientError(DeliveryError):
+    """It may work later (an outage, a 5xx, a rate limit, not connected yet): the outbox retries with
+    backoff, without a limit on attempts. ``retry_after``: the platform's own hint, in seconds."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class DeliveryPermanentError(DeliveryError):
+    """It will not work until a person changes something (a permission, a deleted channel, a full
+    server, a moderation rule). The outbox keeps the message as ``undeliverable`` with ``reason``,
+    tells the Director once per ``cause`` (``reason`` and ``what_to_do``), and delivers it again when
+    the cause may be fixed (``OutboxDispatcher.redeliver``).
+
+    ``cause``: a short stable key; messages failing for the same cause share one notice (default: the
+    reason). ``content``: the failure is about this message's content only (e.g. blocked by AutoMod),
+    so later messages of the same space go on; otherwise the whole space waits, in order, for the fix.
+    """
+
+    def __init__(self, reason: str, what_to_do: str, *, cause: str | None = None, content: bool = False) -> None:
+        super().__init__(f"{reason} {what_to_do}".strip())
+        self.reason = reason
+        self.what_to_do = what_to_do
+        self.cause = cause or reason
+        self.content = content
+
+
 @runtime_checkable
 class ChatPort(Protocol):
-    """What the core needs from a chat platform."""
+    """What the core needs from a chat platform.
+
+    ``ensure_space``, ``send`` and ``edit`` raise :class:`DeliveryTransientError` or
+    :class:`DeliveryPermanentError` when they cannot deliver. The outbox calls them for one message of a
+    space at a time (spaces run concurrently). An adapter may declare ``pace_limits``: ``(count,
+    seconds)`` windows per space (e.g. ``((30, 60.0),)``) within which the outbox paces each space.
+    """
 
     async def ensure_space(self, space: SpaceSpec) -> str:
         """Create the space if missing (idempotent); return its external id."""
@@ -85,7 +128,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()

@@ -98,6 +98,43 @@ class AgencyBot(commands.Bot):
 
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         self.chat.forget(channel.id)
+        await self.redeliver(channel.guild)  # room for a new channel (a full server)
+
+    # -- a cause of undeliverable messages may be fixed: try them again ------------------------------
+    async def redeliver(self, guild: discord.Guild | None, *, content: bool = False) -> None:
+        """Queue this server's undeliverable messages again (``content``: also those AutoMod blocked)."""
+        dispatcher = getattr(self.service, "dispatcher", None)
+        if guild is None or dispatcher is None:
+            return
+        try:
+            await dispatcher.redeliver(agency_external_id=str(guild.id), content=content)
+        except Exception:
+            log.exception("could not queue the undeliverable messages of guild %s again", guild.id)
+
+    async def on_guild_channel_create(self, channel: discord.abc.GuildChannel) -> None:
+        await self.redeliver(channel.guild)
+
+    async def on_guild_channel_update(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
+        await self.redeliver(after.guild)  # e.g. permission overwrites granted
+
+    async def on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
+        await self.redeliver(after.guild)
+
+    async def on_guild_update(self, before: discord.Guild, after: discord.Guild) -> None:
+        await self.redeliver(after)
+
+    async def on_member_update(self, before: discord.Member, after: discord.Member) -> None:
+        if self.user is not None and after.id == self.user.id:  # the bot's own roles changed
+            await self.redeliver(after.guild)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.redeliver(guild)
+
+    async def on_automod_rule_update(self, rule: discord.AutoModRule) -> None:
+        await self.redeliver(rule.guild, content=True)
+
+    async def on_automod_rule_delete(self, rule: discord.AutoModRule) -> None:
+        await self.redeliver(rule.guild, content=True)
 
     async def on_thread_delete(self, thread: discord.Thread) -> None:
         self.chat.forget(thread.id)
@@ -128,4 +165,6 @@ class AgencyBot(commands.Bot):
         return any(r.id == rid or r.name == name for r in user.roles)
 
     def actor(self, user: discord.abc.User | discord.Member) -> Actor:
-        return Actor(name=user.display_name, external_user_id=str(user.id), is_director=self.is_director(user))
+        guild = getattr(user, "guild", None)  # a Member acts in its guild's agency; every id it names is resolved there
+        return Actor(name=user.display_name, external_user_id=str(user.id), is_director=self.is_director(user),
+                     agency=str(guild.id) if guild is not None else None)

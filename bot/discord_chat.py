@@ -6,6 +6,13 @@ database recorded for them; one deleted by hand is created again. Each
 member speaks through one webhook per channel (created once, reused after a
 restart) with its own name and avatar; without the Manage Webhooks permission
 it speaks through embeds, and the Director is told once what is missing.
+
+Failures reach the outbox as :class:`~agency.ports.DeliveryTransientError` (it
+retries with backoff) or :class:`~agency.ports.DeliveryPermanentError` (it keeps
+the message as undeliverable, tells the Director once, and redelivers when the
+bot sees a permission or channel change); :func:`delivery_error` decides which.
+The pace per channel or thread (``pace_limits``) is kept by the outbox, per
+space, so a wait holds back only that space.
 """
 from __future__ import annotations
 
@@ -13,15 +20,20 @@ import asyncio
 import hashlib
 import io
 import logging
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 import discord
 
 from agency.errors import AgencyError
-from agency.ports import OutboundMessage, SpaceSpec
+from agency.ports import (
+    DeliveryError,
+    DeliveryPermanentError,
+    DeliveryTransientError,
+    OutboundMessage,
+    SpaceSpec,
+)
 from agency.settings import Settings
 from bot.permissions import DiscordPermissionError, missing_in
 from bot.text import channel_name, persona_name, split_message, truncate
@@ -35,6 +47,8 @@ WEBHOOK_NAME = "A-TEAMs"
 RECENT_CHECK = 50  # messages read back when a resend after a crash may be a duplicate
 THREAD_ARCHIVE_MINUTES = 10080  # a week: specialists' threads stay open between turns
 _COLOURS = (0x5865F2, 0x57F287, 0xFEE75C, 0xEB459E, 0xED4245, 0x3BA55C, 0xFAA61A, 0x9B59B6)
+# Discord's limits per channel (a thread counts as one): bots 5 messages per 5 s, webhooks about 30 per minute
+PACE_LIMITS: tuple[tuple[int, float], ...] = ((5, 5.0), (30, 60.0))
 
 
 class SpaceStore(Protocol):
@@ -54,37 +68,101 @@ class ChatUnavailableError(AgencyError):
     """Discord is not connected (yet, or any more); the outbox retries later."""
 
 
-class Pacer:
-    """One channel's send queue: sends go one at a time, at most ``rate`` per ``per`` seconds.
+class NotInGuildError(AgencyError):
+    """The bot is not (any more) in the agency's server."""
 
-    ``async with pacer:`` holds the queue (FIFO: asyncio locks are fair);
-    ``await pacer.turn()`` before each request waits for a free slot.
-    """
 
-    def __init__(self, rate: int, per: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
-        self.rate, self.per = rate, per
-        self.clock, self.sleep = clock, sleep
-        self._lock = asyncio.Lock()
-        self._stamps: deque[float] = deque()
+class ChannelGoneError(AgencyError):
+    """A channel or thread was not found even after it was created again."""
 
-    async def __aenter__(self) -> "Pacer":
-        await self._lock.acquire()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+GRANT = "Once that is fixed, the waiting messages are delivered (I try again when a role or channel changes)."
+# Discord error codes that no retry fixes: (why, what the Director does); the whole space waits for the fix
+_PERMANENT: dict[int, tuple[str, str]] = {
+    10003: ("the channel no longer exists and could not be created again", "Check that I may see and create channels. " + GRANT),
+    10004: ("I am no longer in this server", "Invite me again (see docs/discord.md); then the waiting messages are delivered."),
+    50001: ("I have no access to {where}", "Give my role **View Channel** and **Send Messages** (and **Send Messages in Threads**) "
+            "in {where}. " + GRANT),
+    50013: ("I am missing a permission in {where}", "Give my role **Send Messages**, **Send Messages in Threads**, "
+            "**Embed Links** and **Attach Files** in {where}. " + GRANT),
+    30013: ("the server has reached Discord's maximum of 500 channels", "Delete or archive channels of old projects. " + GRANT),
+    160006: ("the server has reached Discord's maximum of active threads", "Archive some threads. " + GRANT),
+    200001: ("AutoMod blocked the name of {where}", "Adjust the AutoMod rule (Server Settings > AutoMod). " + GRANT),
+}
+# ... and those about this message's content only: later messages of the space go on
+_PERMANENT_CONTENT: dict[int, tuple[str, str]] = {
+    200000: ("AutoMod blocked a message in {where}", ("If it should pass, adjust the AutoMod rule (Server Settings > AutoMod); "
+                                                      "blocked messages are tried again when a rule changes.")),
+    40005: ("a message in {where} was too large for Discord", "It is kept in the audit export."),
+    50035: ("Discord refused a message in {where} as invalid", "It is kept in the audit export; please report it."),
+}
 
-    async def turn(self) -> None:
-        now = self.clock()
-        while self._stamps and now - self._stamps[0] >= self.per:
-            self._stamps.popleft()
-        if len(self._stamps) >= self.rate:
-            await self.sleep(self.per - (now - self._stamps[0]))
-            now = self.clock()
-            while self._stamps and now - self._stamps[0] >= self.per:
-                self._stamps.popleft()
-        self._stamps.append(now)
+
+def _retry_after(e: discord.HTTPException) -> float | None:
+    if isinstance(e, discord.RateLimited):
+        return float(e.retry_after)
+    headers = getattr(e.response, "headers", None) or {}
+    try:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _sentence(why: str, label: str) -> str:
+    return f"{why[:1].upper()}{why[1:]} ({label})."
+
+
+def delivery_error(e: BaseException, where: str = "") -> DeliveryError | None:
+    """What an exception from Discord means for the outbox: transient (retry with backoff), permanent
+    (undeliverable until a person fixes the cause) or None (not one we know: the outbox retries it as
+    transient and logs it). ``where``: the channel, e.g. ``#research``, for the Director's notice."""
+    where = where or "the channel"
+    if isinstance(e, DeliveryError):
+        return e
+    if isinstance(e, DiscordPermissionError):
+        return DeliveryPermanentError(e.user_message, GRANT, cause=f"permission:{','.join(e.permissions)}:{where}")
+    if isinstance(e, NotInGuildError):
+        return DeliveryPermanentError(e.user_message, _PERMANENT[10004][1], cause="discord:10004")
+    if isinstance(e, ChannelGoneError):
+        why, todo = _PERMANENT[10003]
+        return DeliveryPermanentError(f"{e.user_message} ({why}).", todo, cause=f"discord:10003:{where}")
+    if isinstance(e, ChatUnavailableError):
+        return DeliveryTransientError(e.user_message)
+    if isinstance(e, discord.RateLimited):
+        return DeliveryTransientError(f"Discord rate limit ({e.retry_after:.0f} s)", retry_after=e.retry_after)
+    if isinstance(e, discord.HTTPException):
+        code, status = int(getattr(e, "code", 0) or 0), int(getattr(e, "status", 0) or 0)
+        label = f"Discord error {code or status}: {e.text or type(e).__name__}"
+        if code in _PERMANENT_CONTENT:
+            why, todo = _PERMANENT_CONTENT[code]
+            return DeliveryPermanentError(_sentence(why.format(where=where), label), todo.format(where=where),
+                                          cause=f"discord:{code}:{where}", content=True)
+        if isinstance(e, discord.Forbidden) and code not in _PERMANENT:
+            code = 50013  # a 403 without a known code: a permission, as far as the Director can act on it
+        if code in _PERMANENT:
+            why, todo = _PERMANENT[code]
+            scope = "" if code in (10004, 30013, 160006) else f":{where}"  # a server-wide cause is one cause
+            return DeliveryPermanentError(_sentence(why.format(where=where), label), todo.format(where=where),
+                                          cause=f"discord:{code}{scope}")
+        # 429, 5xx, write limits (20016, 20028), an archived thread (50083) and whatever else: try again later
+        return DeliveryTransientError(label, retry_after=_retry_after(e) if status == 429 else None)
+    if isinstance(e, (aiohttp.ClientError, asyncio.TimeoutError, OSError, discord.GatewayNotFound, discord.ConnectionClosed)):
+        return DeliveryTransientError(f"connection to Discord failed ({type(e).__name__}: {e})")
+    return None
+
+
+def _windows(pace: tuple[int, float] | Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+    """``(5, 5.0)`` or ``((5, 5.0), (30, 60.0))`` as a tuple of windows."""
+    if len(pace) == 2 and all(isinstance(x, (int, float)) for x in pace):
+        n, per = pace
+        return ((int(n), float(per)),)  # type: ignore[arg-type]
+    return tuple((int(n), float(per)) for n, per in pace)  # type: ignore[misc]
+
+
+def _mapped(e: Exception, where: str) -> Exception:
+    """``e`` as the outbox should see it (unknown exceptions unchanged: transient, logged)."""
+    return delivery_error(e, where) or e
 
 
 def default_avatar(persona: str) -> str:
@@ -100,15 +178,15 @@ def persona_colour(persona: str) -> int:
 class DiscordChat:
     """ChatPort over Discord. Attach it to the bot and the service before the first delivery."""
 
-    def __init__(self, settings: Settings, *, pace: tuple[int, float] = (5, 5.0), webhook_name: str = WEBHOOK_NAME,
-                 avatar_for: Callable[[str], str | None] = default_avatar, online_timeout: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+    def __init__(self, settings: Settings, *, pace: tuple[int, float] | Sequence[tuple[int, float]] = PACE_LIMITS,
+                 webhook_name: str = WEBHOOK_NAME, avatar_for: Callable[[str], str | None] = default_avatar,
+                 online_timeout: float = 60.0) -> None:
         self.settings = settings
-        self.pace = pace
+        # (count, seconds) windows per channel or thread; the outbox paces each space by them
+        self.pace_limits: tuple[tuple[int, float], ...] = _windows(pace)
         self.webhook_name = webhook_name
         self.avatar_for = avatar_for
         self.online_timeout = online_timeout
-        self._clock, self._sleep = clock, sleep
         self.bot: AgencyBot | None = None
         self.store: SpaceStore | None = None
         self.online = asyncio.Event()  # set once the gateway has delivered the guilds
@@ -117,7 +195,7 @@ class DiscordChat:
         self._addresses: dict[int, str] = {}  # Discord id -> address
         self._not_ours: set[int] = set()  # channels known not to be the agency's (no database lookup per message)
         self._hooks: dict[int, discord.Webhook] = {}  # channel id -> our webhook
-        self._pacers: dict[int, Pacer] = {}
+        self._hook_locks: dict[int, asyncio.Lock] = {}  # one webhook lookup or creation per channel at a time
         self._create_locks: dict[int, asyncio.Lock] = {}
         self._warned: set[tuple[int, str]] = set()
 
@@ -134,7 +212,7 @@ class DiscordChat:
                 raise ChatUnavailableError("Discord is disconnected; the message stays in the outbox.")
             try:
                 await asyncio.wait_for(self.online.wait(), self.online_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ChatUnavailableError("Discord is not connected yet; the message stays in the outbox.") from None
         return self.bot
 
@@ -145,14 +223,8 @@ class DiscordChat:
         except ValueError:
             guild = None
         if guild is None:
-            raise AgencyError(f"The bot is not in the server {agency_external_id} (any more).")
+            raise NotInGuildError(f"The bot is not in the server {agency_external_id} (any more).")
         return guild
-
-    def pacer(self, channel_id: int) -> Pacer:
-        p = self._pacers.get(channel_id)
-        if p is None:
-            p = self._pacers[channel_id] = Pacer(*self.pace, clock=self._clock, sleep=self._sleep)
-        return p
 
     def _remember(self, agency: str, address: str, discord_id: int) -> None:
         old = self._ids.get((agency, address))
@@ -195,6 +267,14 @@ class DiscordChat:
 
     # -- spaces ---------------------------------------------------------------------------------
     async def ensure_space(self, space: SpaceSpec) -> str:
+        try:
+            return await self._ensure_space(space)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise _mapped(e, f"#{space.name or space.address}") from e
+
+    async def _ensure_space(self, space: SpaceSpec) -> str:
         guild = await self._guild(space.agency_external_id)
         assert self.store is not None
         lock = self._create_locks.setdefault(guild.id, asyncio.Lock())
@@ -248,14 +328,18 @@ class DiscordChat:
             raise DiscordPermissionError(missing, f"#{where.name}")
 
     async def _create(self, guild: discord.Guild, space: SpaceSpec) -> Any:
+        """Create a space. A missing permission reaches the outbox, which tells the Director (in #hq) once;
+        for #hq itself that notice could not arrive, so the Director is told here (in the system channel)."""
         try:
             return await self._create_unchecked(guild, space)
         except DiscordPermissionError as e:
-            await self.warn_once(guild, ",".join(e.permissions), e.user_message)
+            if space.kind == "hq":
+                await self.warn_once(guild, ",".join(e.permissions), e.user_message)
             raise
         except discord.Forbidden as e:
             err = DiscordPermissionError("manage_channels" if space.kind != "thread" else "create_public_threads")
-            await self.warn_once(guild, ",".join(err.permissions), err.user_message)
+            if space.kind == "hq":
+                await self.warn_once(guild, ",".join(err.permissions), err.user_message)
             raise err from e
 
     async def _create_unchecked(self, guild: discord.Guild, space: SpaceSpec) -> Any:
@@ -344,6 +428,13 @@ class DiscordChat:
         hook = self._hooks.get(channel.id)
         if hook is not None:
             return hook
+        async with self._hook_locks.setdefault(channel.id, asyncio.Lock()):  # a channel and its threads send concurrently
+            return await self._find_or_create_webhook(channel)
+
+    async def _find_or_create_webhook(self, channel: discord.TextChannel) -> discord.Webhook | None:
+        hook = self._hooks.get(channel.id)
+        if hook is not None:
+            return hook
         if missing_in(channel, "manage_webhooks"):
             err = DiscordPermissionError("manage_webhooks", f"#{channel.name}")
             await self.warn_once(channel.guild, "manage_webhooks",
@@ -360,6 +451,14 @@ class DiscordChat:
             err = DiscordPermissionError("manage_webhooks", f"#{channel.name}")
             await self.warn_once(channel.guild, "manage_webhooks",
                                  err.user_message + " Until then the members speak through embeds posted by me.")
+            return None
+        except discord.HTTPException as e:
+            if e.code != 30007:  # not "Maximum number of webhooks reached"
+                raise
+            await self.warn_once(channel.guild, "webhooks_full",
+                                 f"#{channel.name} has the most webhooks Discord allows, so the members speak there through "
+                                 "embeds posted by me. Delete an unused webhook (channel settings > Integrations) to give them "
+                                 "their own names and avatars.")
             return None
         self._hooks[channel.id] = hook
         return hook
@@ -402,25 +501,51 @@ class DiscordChat:
         return discord.File(io.BytesIO(message.attachment_text.encode("utf-8")), filename=message.attachment_name or "attachment.md")
 
     async def send(self, message: OutboundMessage, space_external_id: str) -> str:
+        """Post the message. A channel deleted meanwhile (Unknown Channel) is created again once; then, as any
+        other failure, the error reaches the outbox as a transient or permanent delivery error."""
+        where = f"#{message.space.name or message.space.address}"
+        ids: list[int] = []  # parts already posted: a retry after Unknown Channel does not repeat them
+        try:
+            try:
+                return await self._send(message, space_external_id, ids)
+            except discord.NotFound as e:
+                if e.code not in (0, 10003):
+                    raise
+                log.warning("space %s (%s) is gone (%s); creating it again", message.space.address, space_external_id, e)
+                self.forget(int(space_external_id))
+                new_id = await self.ensure_space(message.space)
+                if self.store is not None:
+                    await self.store.record_space(message.space.agency_external_id, message.space.address, new_id,
+                                                  kind=message.space.kind, name=message.space.name)
+                ids.clear()  # what went out went with the deleted channel
+                try:
+                    return await self._send(message, new_id, ids)
+                except discord.NotFound as again:
+                    if again.code not in (0, 10003):
+                        raise
+                    raise ChannelGoneError(f"{where} was not found even after creating it again") from again
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise _mapped(e, where) from e
+
+    async def _send(self, message: OutboundMessage, space_external_id: str, ids: list[int]) -> str:
         guild, channel, thread = await self._target(message, space_external_id)
         mention, allowed = self.mentions(guild, message.mention_user_ids)
         view = await self._view(message)
-        ids: list[int] = []
-        async with self.pacer(channel.id) as pacer:
-            hook = await self._webhook(channel)
-            # through a webhook the mention leads the text; in an embed it goes in the plain content
-            content = f"{mention} {message.content}".strip() if mention and hook is not None else message.content
-            chunks = split_message(content) or [message.attachment_name or "\u200b"]
-            if message.maybe_sent:  # the last process may have sent (part of) it before it died: look first
-                ids = await self._already_sent(thread or channel, hook, message, chunks)
-            for i, chunk in enumerate(chunks):
-                if i < len(ids):
-                    continue
-                last = i == len(chunks) - 1
-                await pacer.turn()
-                sent = await self._send_one(channel, thread, hook, message, chunk, i, allowed,
-                                            view if last else None, self._file(message) if last else None)
-                ids.append(sent.id)
+        hook = await self._webhook(channel)
+        # through a webhook the mention leads the text; in an embed it goes in the plain content
+        content = f"{mention} {message.content}".strip() if mention and hook is not None else message.content
+        chunks = split_message(content) or [message.attachment_name or "\u200b"]
+        if message.maybe_sent and not ids:  # the last process may have sent (part of) it before it died: look first
+            ids.extend(await self._already_sent(thread or channel, hook, message, chunks))
+        for i, chunk in enumerate(chunks):
+            if i < len(ids):
+                continue
+            last = i == len(chunks) - 1
+            sent = await self._send_one(channel, thread, hook, message, chunk, i, allowed,
+                                        view if last else None, self._file(message) if last else None)
+            ids.append(sent.id)
         return str(ids[0])
 
     async def _already_sent(self, dest: discord.abc.Messageable, hook: discord.Webhook | None, message: OutboundMessage,
@@ -500,27 +625,36 @@ class DiscordChat:
         return await dest.send(content=mention_line or None, embed=embed, allowed_mentions=allowed, nonce=nonce[:25], **extra)
 
     async def edit(self, message: OutboundMessage, space_external_id: str, external_id: str) -> str:
-        guild, channel, thread = await self._target(message, space_external_id)
-        text = truncate(message.content)
-        async with self.pacer(channel.id) as pacer:
-            hook = await self._webhook(channel)
-            await pacer.turn()
-            if hook is not None:
-                try:
-                    await hook.edit_message(int(external_id), content=text,
-                                            thread=thread if thread is not None else discord.utils.MISSING)
-                    return external_id
-                except discord.NotFound:
-                    pass  # deleted, or posted as an embed before the webhook existed
-            dest = thread or channel
-            try:
-                old = await dest.fetch_message(int(external_id))
-                if old.author.id == guild.me.id:
-                    embed = discord.Embed(description=text, colour=persona_colour(message.persona))
-                    embed.set_author(name=persona_name(message.persona), icon_url=self.avatar_for(message.persona))
-                    await old.edit(embed=embed)
-                    return external_id
-            except discord.NotFound:
-                pass
+        try:
+            edited = await self._edit(message, space_external_id, external_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise _mapped(e, f"#{message.space.name or message.space.address}") from e
+        if edited is not None:
+            return edited
         log.info("message %s to edit is gone; posting it again", external_id)
         return await self.send(message, space_external_id)
+
+    async def _edit(self, message: OutboundMessage, space_external_id: str, external_id: str) -> str | None:
+        guild, channel, thread = await self._target(message, space_external_id)
+        text = truncate(message.content)
+        hook = await self._webhook(channel)
+        if hook is not None:
+            try:
+                await hook.edit_message(int(external_id), content=text,
+                                        thread=thread if thread is not None else discord.utils.MISSING)
+                return external_id
+            except discord.NotFound:
+                pass  # deleted, or posted as an embed before the webhook existed
+        dest = thread or channel
+        try:
+            old = await dest.fetch_message(int(external_id))
+            if old.author.id == guild.me.id:
+                embed = discord.Embed(description=text, colour=persona_colour(message.persona))
+                embed.set_author(name=persona_name(message.persona), icon_url=self.avatar_for(message.persona))
+                await old.edit(embed=embed)
+                return external_id
+        except discord.NotFound:
+            pass
+        return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -86,12 +86,11 @@ def post(
 
 
 async def supersede_pending(s: AsyncSession, upsert_key: str) -> None:
-    """An edit-in-place message: drop older undelivered versions of it."""
-    await s.execute(
-        update(MessageRow)
-        .where(MessageRow.upsert_key == upsert_key, MessageRow.status == "pending")
-        .values(status="superseded")
-    )
+    """An edit-in-place message: drop older undelivered versions of it (waiting or undeliverable)."""
+    from agency.states import MESSAGE, MessageState, transition
+
+    await transition(s, MESSAGE, None, MessageState.SUPERSEDED, frm=(MessageState.PENDING, MessageState.UNDELIVERABLE, MessageState.FAILED),
+                     where=[MessageRow.upsert_key == upsert_key])
 
 
 def event(s: AsyncSession, project_id: int | None, event_kind: str, /, task_id: int | None = None, **data: Any) -> None:

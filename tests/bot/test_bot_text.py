@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.discord_chat import Pacer
 from bot.text import channel_name, persona_name, split_message, truncate
 
 FENCE_LINE = re.compile(r"^\s*```.*$", re.MULTILINE)
@@ -115,24 +114,3 @@ def test_channel_names():
     assert channel_name("Market Research") == "market-research"
     assert channel_name("P1: Ideas!!") == "p1-ideas"
     assert channel_name("") == "channel"
-
-
-async def test_pacer_queues_and_spaces_sends_without_real_sleeping():
-    now = [0.0]
-    waits: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        waits.append(seconds)
-        now[0] += seconds
-
-    pacer = Pacer(3, 5.0, clock=lambda: now[0], sleep=fake_sleep)
-    sent: list[float] = []
-    async with pacer:
-        for _ in range(7):
-            await pacer.turn()
-            sent.append(now[0])
-            now[0] += 1.0
-    # three go at once, then each waits until the oldest of the last three is 5 s old
-    assert sent == [0.0, 1.0, 2.0, 5.0, 6.0, 7.0, 10.0]
-    assert waits == [2.0, 2.0]
-    assert all(sum(1 for t in sent if a <= t < a + 5.0) <= 3 for a in sent)
