@@ -74,3 +74,84 @@ def test_pause_then_resume_from_the_terminal(tmp_path: Path) -> None:
     assert "resumed" in r2.stdout and r2.stdout.strip().splitlines()[-1].startswith("Project #1 done. Deliverable:")
     r3 = _ateams(tmp_path, "resume", "7", *args)
     assert r3.returncode == 1 and "no project #7" in r3.stderr
+
+
+# ---- a gate asked before a stop is shown again and answered on resume (issue 11, defect 4) ---------------------
+
+
+def _delivered_gates(db: Path) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM messages WHERE kind = 'approval' AND status = 'delivered'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not made yet
+        return 0
+    finally:
+        con.close()
+
+
+def _stop_at_the_first_gate(tmp_path: Path, sig: int) -> str:
+    """``ateams run`` with a Director who says nothing; stopped with ``sig`` once the approach gate is delivered."""
+    import signal
+    import time
+
+    data = tmp_path / "d"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agency", "run", OBJECTIVE, "--data-dir", str(data), "--out", str(tmp_path / "out")],
+        cwd=tmp_path, env=_env(tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _delivered_gates(data / "ateams.db") == 0:  # the event: the gate's message is marked delivered
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the approach gate was never delivered"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (-sig, 128 + sig), proc.returncode
+    assert "Pick one (`/approve N`)" in out
+    return out
+
+
+def test_resume_auto_approve_answers_a_gate_delivered_before_sigkill(tmp_path: Path) -> None:
+    import signal
+
+    _stop_at_the_first_gate(tmp_path, signal.SIGKILL)
+    args = ("--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out"))
+    r = _ateams(tmp_path, "resume", "1", "--auto-approve", *args, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout
+    assert "Still waiting for your decision (asked before the stop):" in out
+    assert out.count("Approaches for project #1") == 1  # shown again once
+    assert "Director (auto-approve): Approach 1 chosen." in out
+    assert out.strip().splitlines()[-1].startswith("Project #1 done. Deliverable:")
+
+
+def test_resume_auto_approve_answers_a_gate_delivered_before_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    _stop_at_the_first_gate(tmp_path, signal.SIGTERM)
+    args = ("--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out"))
+    r = _ateams(tmp_path, "resume", "1", "--auto-approve", "--quiet", *args, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("Project #1 done. Deliverable:")
+
+
+def test_resume_shows_the_waiting_gate_to_the_director_at_the_prompt(tmp_path: Path) -> None:
+    import signal
+
+    _stop_at_the_first_gate(tmp_path, signal.SIGTERM)
+    args = ("--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out"))
+    r = _ateams(tmp_path, "resume", "1", *args, stdin="/approve 2\n", timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout
+    assert "Still waiting for your decision (asked before the stop):" in out
+    assert out.index("Still waiting") < out.index("Approach 2 chosen.")
+    assert out.strip().splitlines()[-1].startswith("Project #1 done. Deliverable:")
