@@ -146,9 +146,15 @@ class CircuitBreaker:
             log.warning("model %s failed %d times in a row; pausing calls to it for %.0f s", key, n, self.cooldown)
 
 
-def _redacted_request(request: ModelRequest) -> dict[str, Any]:
-    """The request as recorded in ``llm_calls``: secrets redacted (the record is an audit export)."""
-    return {"messages": [{**m, "content": redact(m.get("content") or "")} for m in request.messages], "schema": request.schema_name}
+def _outgoing(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages as they leave for the model: every content redacted. The one place prompts are redacted,
+    before the request is built; the record (``llm_calls``) keeps exactly what was sent."""
+    return [{**m, "content": redact(c)} if isinstance(c := m.get("content"), str) and c else m for m in messages]
+
+
+def _recorded_request(request: ModelRequest) -> dict[str, Any]:
+    """The request as recorded in ``llm_calls``: the messages as sent (redacted by :func:`_outgoing`)."""
+    return {"messages": [{**m, "content": m.get("content") or ""} for m in request.messages], "schema": request.schema_name}
 
 
 # built once: constructing a SQLAlchemy statement costs more than running it on SQLite
@@ -189,6 +195,9 @@ class LLMClient:
             await self.budget_check(ctx)
         tier, provider, model = self.models.get(ctx.tier)
         ctx.tier = tier
+        # a secret in a prompt (a person's paste, a document, a tool's output) never reaches the provider; the
+        # repair round below builds on these messages and on the reply, which _generate returns redacted
+        messages = _outgoing(messages)
         request = ModelRequest(
             messages=messages,
             schema_name=schema.__name__,
@@ -347,7 +356,7 @@ class LLMClient:
             role=ctx.role,
             purpose=ctx.purpose,
             tier=ctx.tier,
-            request=_redacted_request(request),
+            request=_recorded_request(request),
             retrieved=ctx.retrieved,
             **fields,
         )
