@@ -4,15 +4,27 @@ Secrets (``DISCORD_TOKEN``, ``OPENAI_API_KEY``) are read from the environment
 only; a secret written in the TOML file is refused at start-up. Every key is
 documented in ``config.example.toml``. Nested keys map to environment variables
 as ``ATEAMS_<SECTION>__<KEY>``, e.g. ``ATEAMS_ENGINE__MAX_REVISIONS=3``.
+
+The settings are validated as a whole when they are loaded: each value on its
+own (types, ranges) and then every cross-reference (:func:`_cross_check`: the
+default tier, routing thresholds and weights, a price for each tier's model,
+tool names, URLs, the database URL and its driver, the data folder). Every
+problem is reported at once, each naming its key, where to set it in
+``config.toml`` and its environment variable; nothing invalid is left to fail
+later, in the middle of a project.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -156,6 +168,13 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return v
 
+    @model_validator(mode="after")
+    def _as_a_whole(self) -> "Settings":
+        problems = _cross_check(self)
+        if problems:
+            raise PydanticCustomError("settings_whole", "{problems}", {"problems": "\n".join(problems)})
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -199,12 +218,155 @@ def _check_toml_for_secrets(path: Path) -> None:
             )
 
 
+# -- validation as a whole -----------------------------------------------------------
+
+def _toml_key(part: str) -> str:
+    return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+
+
+def _where(loc: tuple[str, ...]) -> str:
+    """Where a key is set: ``[llm] default_tier in config.toml or ATEAMS_LLM__DEFAULT_TIER``."""
+    env = "ATEAMS_" + "__".join(p.upper() for p in loc)
+    if len(loc) == 1:
+        return f"{loc[0]} in config.toml or {env}"
+    return f"[{'.'.join(_toml_key(p) for p in loc[:-1])}] {_toml_key(loc[-1])} in config.toml or {env}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _problem(loc: tuple[str, ...], value: Any, problem: str) -> str:
+    """``llm.default_tier = "huge" is not a configured tier (fast, strong); set [llm] default_tier in config.toml or
+    ATEAMS_LLM__DEFAULT_TIER``."""
+    return f"{'.'.join(loc)} = {_show(value)} {problem}; set {_where(loc)}"
+
+
+def _url_problem(url: str, *, bare_host: bool = False) -> str | None:
+    parsed = urlparse(f"http://{url}" if bare_host and "://" not in url else url)  # memory: host:port means http
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return "is not an http(s) URL (e.g. http://127.0.0.1:8080/v1)"
+    try:
+        parsed.port
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+def _database_problem(url: str) -> tuple[str, str] | None:
+    """Whether SQLAlchemy can build an async engine for ``url`` (nothing is connected): (shown url, problem)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not shown)", "is not a SQLAlchemy URL (e.g. sqlite+aiosqlite:///.ateams/ateams.db)"
+    try:
+        create_async_engine(url)
+    except InvalidRequestError:
+        return shown, ("needs an async driver, e.g. sqlite+aiosqlite:///path/ateams.db or "
+                       "postgresql+asyncpg://user@host/db")
+    except NoSuchModuleError:
+        return shown, "names a database dialect or driver SQLAlchemy does not know"
+    except ImportError as e:
+        return shown, f"needs a driver that is not installed ({e.name or e}): pip install it"
+    except ArgumentError as e:
+        return shown, f"is not usable: {e}"
+    return None
+
+
+def _cross_check(s: Settings) -> list[str]:
+    """Every problem a value has with the rest of the settings (each value on its own is valid by now)."""
+    out: list[str] = []
+    tiers = s.llm.tiers
+    names = ", ".join(tiers) or "none"
+    if not tiers:
+        out.append(_problem(("llm", "tiers"), {}, 'has no tier; configure one, e.g. [llm.tiers.fast] model = "gpt-4o-mini"'))
+    for name, tier in tiers.items():
+        if not tier.model.strip():
+            out.append(_problem(("llm", "tiers", name, "model"), tier.model, "is empty: name the model this tier calls"))
+        elif tier.model not in s.llm.prices:
+            out.append(
+                f"llm.tiers.{_toml_key(name)}.model = {_show(tier.model)} has no price (costs, budgets and estimates "
+                f"need one; 0 for a free, self-hosted model); add [llm.prices.{_toml_key(tier.model)}] input = ... "
+                f"output = ... (USD per million tokens) in config.toml or set ATEAMS_LLM__PRICES"
+            )
+        if tier.base_url is not None and (why := _url_problem(tier.base_url)):
+            out.append(_problem(("llm", "tiers", name, "base_url"), tier.base_url, why))
+    if s.llm.base_url is not None and (why := _url_problem(s.llm.base_url)):
+        out.append(_problem(("llm", "base_url"), s.llm.base_url, why))
+    if tiers and s.llm.default_tier not in tiers:
+        out.append(_problem(("llm", "default_tier"), s.llm.default_tier, f"is not a configured tier ({names})"))
+
+    for name, threshold in s.routing.thresholds.items():
+        if name not in tiers:
+            out.append(_problem(("routing", "thresholds"), {name: threshold}, f"names {_show(name)}, which is not a configured tier ({names})"))
+        elif not 1 <= threshold <= 5:
+            out.append(_problem(("routing", "thresholds"), {name: threshold}, "is outside 1..5, the range of a task's weighted score"))
+    from agency.schemas import TaskScores  # the PM's routing scores
+    from agency.tools.registry import BUILTIN_TOOLS
+
+    criteria = tuple(TaskScores.model_fields)
+    for name, weight in s.routing.weights.items():
+        if name not in criteria:
+            out.append(_problem(("routing", "weights"), {name: weight}, f"names {_show(name)}, which is not a routing criterion ({', '.join(criteria)})"))
+        elif weight < 0:
+            out.append(_problem(("routing", "weights"), {name: weight}, "is negative; weights are 0 or more"))
+    if not any(w > 0 for w in s.routing.weights.values()):
+        out.append(_problem(("routing", "weights"), s.routing.weights, "has no positive weight, so no task could be scored"))
+
+    for name in s.tools.enabled:
+        if name not in BUILTIN_TOOLS:
+            out.append(_problem(("tools", "enabled"), s.tools.enabled, f"names {_show(name)}, which is not a tool ({', '.join(BUILTIN_TOOLS)})"))
+    if "web_search" in s.tools.enabled and not s.tools.web_search:
+        out.append(_problem(("tools", "web_search"), False, 'but tools.enabled lists "web_search": set it to true (it needs `pip install ddgs` '
+                                                            "and network access) or remove web_search from tools.enabled"))
+    elif s.tools.web_search and "web_search" not in s.tools.enabled:
+        out.append(_problem(("tools", "enabled"), s.tools.enabled, 'lacks "web_search" while tools.web_search = true: add it, or set '
+                                                                   "tools.web_search = false"))
+
+    if s.memory.server_url is not None and (why := _url_problem(s.memory.server_url, bare_host=True)):
+        out.append(_problem(("memory", "server_url"), s.memory.server_url, why))
+    if s.memory.enabled and s.memory.embedding == "openai" and not s.has_model_endpoint:
+        out.append(_problem(("memory", "embedding"), "openai", "needs OPENAI_API_KEY in the environment or llm.base_url "
+                                                              '(or memory.embedding = "local")'))
+    for key in ("director_role", "hq_channel"):
+        if not getattr(s.discord, key).strip():
+            out.append(_problem(("discord", key), getattr(s.discord, key), "is empty"))
+    if s.database_url is not None and (bad := _database_problem(s.database_url)):
+        out.append(f"database_url = {_show(bad[0])} {bad[1]}; set {_where(('database_url',))}")
+    if s.data_dir.exists() and not s.data_dir.is_dir():
+        out.append(_problem(("data_dir",), s.data_dir, "is a file, not a folder"))
+    return out
+
+
 def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        env = "ATEAMS_" + "__".join(str(p).upper() for p in err["loc"])
-        lines.append(f"- {loc}: {err['msg']} (config.toml key `{loc}`, or env {env})")
+        if err["type"] == "settings_whole":
+            lines += [f"- {p}" for p in err["ctx"]["problems"].splitlines()]
+            continue
+        loc = tuple(str(p) for p in err["loc"])
+        if not loc:
+            lines.append(f"- {err['msg']}")
+            continue
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            env = "ATEAMS_" + "__".join(p.upper() for p in loc)
+            lines.append(f"- {key} is not a setting (a typo?); remove it from config.toml or unset {env} "
+                         "(config.example.toml lists every key)")
+            continue
+        secret = loc[0].lower() in SECRET_KEYS
+        shown = "" if secret or err["type"] == "missing" else f" = {_show(err.get('input'))}"
+        lines.append(f"- {key}{shown}: {err['msg']}; set {_where(loc)}")
     return "Invalid settings:\n" + "\n".join(lines)
 
 
