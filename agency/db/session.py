@@ -57,7 +57,8 @@ class Database:
         return cls(settings.db_url, busy_timeout=settings.db_busy_timeout_seconds)
 
     async def upgrade(self) -> None:
-        """Bring the schema to the newest migration (the only way tables are created)."""
+        """Bring the schema to the newest migration (the only way tables are created): one transaction, safe
+        to kill and to run from several processes at once (see ``upgrade_sync``)."""
         await asyncio.to_thread(upgrade_sync, self.url)
 
     def start_checkpoints(self, interval: float = 2.0) -> None:
@@ -153,6 +154,11 @@ def alembic_config(url: str):  # noqa: ANN201
 
 
 def upgrade_sync(url: str, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision`` in ONE transaction (``migrations/env.py``): every migration of
+    the run and the version row commit together or not at all, so a kill at any point leaves a database the
+    next start upgrades from where it was. A second process upgrading the same database meanwhile waits for
+    that transaction (SQLite's write lock, taken by BEGIN IMMEDIATE; a PostgreSQL advisory lock), then finds
+    the new version and has nothing left to do."""
     from alembic import command
 
     ensure_sqlite_dir(url)

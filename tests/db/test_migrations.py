@@ -1,15 +1,20 @@
 """The schema exists only through migrations, and the migrations match the tables."""
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
 
-from agency.db.session import Database, upgrade_sync
+from agency.db.session import Database, alembic_config, upgrade_sync
 from agency.db.tables import Base
 
 
@@ -41,3 +46,53 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "data" / "ateams.db").is_file()
     assert "is at head" in r.stdout
+
+
+_FAIL_POINTS = {  # where the injected failure strikes: after the first statement that matches
+    "first table": lambda sql: sql.startswith("CREATE TABLE agencies"),
+    "version row of the first migration": lambda sql: sql.startswith("INSERT INTO alembic_version"),
+    "batch copy: table dropped": lambda sql: sql.startswith("DROP TABLE"),
+    "last statement": None,
+}
+
+
+@pytest.mark.parametrize("point", list(_FAIL_POINTS))
+def test_an_upgrade_is_one_transaction(tmp_path: Path, point: str) -> None:
+    """A failure anywhere in the upgrade rolls back every migration of the run: the file has no table, and
+    the next upgrade builds everything. (tests/reliability/test_migration_kill.py does this with SIGKILL.)"""
+    db = tmp_path / "t.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    executed: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        executed.append(" ".join(statement.split()))
+
+    event.listen(Engine, "after_cursor_execute", count)
+    try:
+        upgrade_sync(f"sqlite+aiosqlite:///{tmp_path / 'count.db'}")
+    finally:
+        event.remove(Engine, "after_cursor_execute", count)
+    match = _FAIL_POINTS[point]
+    hits = [n for n, sql in enumerate(executed, 1) if match is None or match(sql)]
+    if not hits:
+        pytest.skip(f"no migration has a {point}")
+    stop = hits[-1] if match is None else hits[0]
+    seen = [0]
+
+    def fail(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        seen[0] += 1
+        if seen[0] == stop:
+            raise RuntimeError(f"injected failure after statement {stop}: {statement[:60]}")
+
+    event.listen(Engine, "after_cursor_execute", fail)
+    try:
+        with pytest.raises(Exception, match="injected failure"):
+            upgrade_sync(url)
+    finally:
+        event.remove(Engine, "after_cursor_execute", fail)
+    with closing(sqlite3.connect(db)) as c:
+        assert list(c.execute("SELECT type, name FROM sqlite_master")) == []
+    upgrade_sync(url)
+    with closing(sqlite3.connect(db)) as c:
+        assert [v for (v,) in c.execute("SELECT version_num FROM alembic_version")] == [
+            ScriptDirectory.from_config(alembic_config(url)).get_current_head()]
