@@ -28,6 +28,7 @@ class Actor:
     external_user_id: str | None = None
     is_director: bool = False
     is_model: bool = False
+    agency: str | None = None  # the external id of the agency (guild) the person acts in: every id they name is resolved there
 
 
 @dataclass(frozen=True)

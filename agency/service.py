@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -232,12 +232,28 @@ class AgencyService:
             p = await s.get(ProjectRow, project_id)
             return p.deliverable if p else None
 
+    async def scoped_project(self, s: Any, project_id: int, actor: Actor | None) -> ProjectRow:
+        """The project ``project_id`` as the caller may name it: inside the caller's agency (``actor.agency``,
+        set by every adapter for a person). Another agency's project answers exactly like an unknown one."""
+        p = await s.get(ProjectRow, project_id)
+        if p is not None and actor is not None and actor.agency is not None:
+            a = await self._agency(s, actor.agency)
+            if p.agency_id != a.id:
+                p = None
+        if p is None:
+            raise NotFoundError(f"There is no project #{project_id}.")
+        return p
+
     async def resolve_project(self, agency_external_id: str, project_id: int | None = None, address: str | None = None) -> int:
-        """The project meant by a command: explicit, the one whose space it was typed in, or the latest active."""
-        if project_id:
-            return project_id
+        """The project meant by a command: explicit (it must belong to this agency), the one whose space it
+        was typed in, or the latest active."""
         async with self.db.session() as s:
             a = await self._agency(s, agency_external_id)
+            if project_id:
+                p = await s.get(ProjectRow, project_id)
+                if p is None or p.agency_id != a.id:
+                    raise NotFoundError(f"There is no project #{project_id}.")
+                return project_id
             if address:
                 pid = await self._project_of_address(s, a.id, address)
                 if pid:
@@ -251,12 +267,16 @@ class AgencyService:
 
     async def _project_of_address(self, s: Any, agency_id: int, address: str) -> int | None:
         kind, _, rest = address.partition(":")
-        if kind in ("overview", "project"):
-            return int(rest)
-        if kind in ("stream", "thread"):
+        pid: int | None = None
+        if kind in ("overview", "project") and rest.isdigit():
+            pid = int(rest)
+        elif kind in ("stream", "thread") and rest.split(":")[0].isdigit():
             st = await s.get(StreamRow, int(rest.split(":")[0]))
-            return st.project_id if st else None
-        return None
+            pid = st.project_id if st else None
+        if pid is None:
+            return None
+        p = await s.get(ProjectRow, pid)
+        return pid if p is not None and p.agency_id == agency_id else None  # a space of another agency means nothing here
 
     # -- status ---------------------------------------------------------------------------------
     async def status(self, project_id: int) -> StatusReport:
@@ -372,9 +392,7 @@ class AgencyService:
     async def pause(self, project_id: int, actor: Actor) -> str:
         self._need_director(actor)
         async with self.db.session() as s:
-            p = await s.get(ProjectRow, project_id)
-            if p is None:
-                raise NotFoundError(f"There is no project #{project_id}.")
+            p = await self.scoped_project(s, project_id, actor)
             if not await transition(s, PROJECT, p.id, ProjectState.PAUSED, frm=ACTIVE, project_id=p.id, event="paused", actor=actor.name,
                                     values={"paused_from": ProjectRow.status}):
                 await s.rollback()
@@ -387,9 +405,7 @@ class AgencyService:
     async def resume(self, project_id: int, actor: Actor) -> str:
         self._need_director(actor)
         async with self.db.session() as s:
-            p = await s.get(ProjectRow, project_id)
-            if p is None:
-                raise NotFoundError(f"There is no project #{project_id}.")
+            p = await self.scoped_project(s, project_id, actor)
             values: dict[str, Any] = {"paused_from": None, "error": None}
             if p.status == ProjectState.BLOCKED and p.paused_from == ProjectState.PLANNING:  # a fresh round of plan attempts
                 values.update(plan_round=ProjectRow.plan_round + 1, plan_attempt=0)
@@ -407,9 +423,7 @@ class AgencyService:
     async def cancel(self, project_id: int, actor: Actor) -> str:
         self._need_director(actor)
         async with self.db.session() as s:
-            p = await s.get(ProjectRow, project_id)
-            if p is None:
-                raise NotFoundError(f"There is no project #{project_id}.")
+            p = await self.scoped_project(s, project_id, actor)
             if not await self.engine.cancel_in(s, p, f"cancelled by {actor.name}"):
                 await s.rollback()
                 return f"Project #{project_id} is already {p.status}."
@@ -420,9 +434,7 @@ class AgencyService:
 
     async def set_budget(self, project_id: int, usd: float | None, actor: Actor) -> str:
         async with self.db.session() as s:
-            p = await s.get(ProjectRow, project_id)
-            if p is None:
-                raise NotFoundError(f"There is no project #{project_id}.")
+            p = await self.scoped_project(s, project_id, actor)
             tokens, cost, calls = await repos.project_usage(s, project_id)
             if usd is None:
                 b = format_usd(p.budget_usd) if p.budget_usd else (f"{p.budget_tokens} tokens" if p.budget_tokens else "no budget")
@@ -448,15 +460,19 @@ class AgencyService:
 
     async def decide(self, approval_id: int, approved: bool, actor: Actor, *, reason: str | None = None, choice: int | None = None) -> str:
         self._need_director(actor)
-        return await self.engine.decide(approval_id, approved, actor=actor.name, reason=redact(reason) if reason else reason, choice=choice)
+        agency_id = await self._agency_id(actor.agency) if actor.agency is not None else None
+        return await self.engine.decide(approval_id, approved, actor=actor.name, reason=redact(reason) if reason else reason, choice=choice,
+                                        agency_id=agency_id)
 
     async def approve(self, project_id: int, actor: Actor, *, choice: int | None = None, approved: bool = True, reason: str | None = None) -> str:
         """Decide the project's oldest pending approval."""
         self._need_director(actor)
+        async with self.db.session() as s:
+            await self.scoped_project(s, project_id, actor)
         a = await self.engine.pending_approval(project_id)
         if a is None:
             raise AgencyError(f"Project #{project_id} is not waiting for an approval.")
-        return await self.engine.decide(a.id, approved, actor=actor.name, reason=redact(reason) if reason else reason, choice=choice)
+        return await self.decide(a.id, approved, actor, reason=reason, choice=choice)
 
     async def approval_info(self, approval_id: int) -> tuple[int, str, str]:
         async with self.db.session() as s:
@@ -699,6 +715,7 @@ class AgencyService:
                 raise
         n = cmd.name
         ag = agency_external_id
+        actor = replace(actor, agency=ag)  # every id this person names is resolved in this agency
         if n in self.extra_commands:
             return await self.extra_commands[n](self, ag, address, actor, cmd)
         if n == "project new":
