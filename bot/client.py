@@ -149,11 +149,10 @@ class AgencyBot(commands.Bot):
 
     # -- who is who ----------------------------------------------------------------------------
     def director_role(self, guild: discord.Guild) -> discord.Role | None:
+        """The Director role recorded at `/agency setup`, by id: a role that merely carries the name (which
+        anyone with Manage Roles can create) confers nothing."""
         rid = self.director_role_ids.get(guild.id)
-        role = guild.get_role(rid) if rid else None
-        if role is None:
-            role = discord.utils.get(guild.roles, name=self.settings.discord.director_role)
-        return role
+        return guild.get_role(rid) if rid else None
 
     def is_director(self, user: discord.abc.User | discord.Member) -> bool:
         if not isinstance(user, discord.Member):
@@ -161,8 +160,7 @@ class AgencyBot(commands.Bot):
         if user.guild.owner_id == user.id:
             return True
         rid = self.director_role_ids.get(user.guild.id)
-        name = self.settings.discord.director_role
-        return any(r.id == rid or r.name == name for r in user.roles)
+        return rid is not None and any(r.id == rid for r in user.roles)
 
     def actor(self, user: discord.abc.User | discord.Member) -> Actor:
         guild = getattr(user, "guild", None)  # a Member acts in its guild's agency; every id it names is resolved there

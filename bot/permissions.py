@@ -18,6 +18,7 @@ NEEDED: dict[str, tuple[str, str]] = {
     "create_public_threads": ("Create Public Threads", "create a thread for each specialist"),
     "manage_webhooks": ("Manage Webhooks", "let each member speak with its own name and avatar"),
     "manage_roles": ("Manage Roles", "create the Director role"),
+    "mention_everyone": ("Mention @everyone, @here and All Roles", "ping the Director role, which nobody else can mention"),
 }
 
 INVITE_SCOPES = ("bot", "applications.commands")

@@ -33,7 +33,8 @@ class AgencySetup(commands.Cog):
         if not (me.guild_permissions.manage_roles or me.guild_permissions.administrator):
             raise DiscordPermissionError("manage_roles")
         try:
-            role = await guild.create_role(name=self.bot.settings.discord.director_role, mentionable=True,
+            # not mentionable: only the bot pings it (with Mention Everyone, restricted by allowed-mentions to this role)
+            role = await guild.create_role(name=self.bot.settings.discord.director_role, mentionable=False,
                                            reason="A-TEAMs: who may direct the agency")
         except discord.Forbidden as e:
             raise DiscordPermissionError("manage_roles") from e

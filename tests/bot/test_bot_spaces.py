@@ -171,3 +171,20 @@ async def test_a_send_to_a_channel_deleted_meanwhile_recreates_it(harness):
     assert new and new != old
     channel = h.guild.get_channel(int(new))
     assert channel.name == "research" and [s["content"] for s in h.sends(channel_id=channel.id)] == ["Still here."]
+
+
+async def test_a_role_merely_named_director_confers_nothing(harness):
+    """The Director role is recognised by the id recorded at `/agency setup`, not by its name, and it is
+    created unmentionable (only the bot pings it)."""
+    h = harness
+    await h.setup_agency()
+    recorded = h.bot.director_role(h.guild)
+    assert recorded is not None and not recorded.mentionable
+    impostor = await h.guild.create_role(name="Director")  # anyone with Manage Roles can do this
+    await dpytest.run_all_events()
+    await dpytest.add_role(h.bob, impostor)
+    assert not h.bot.is_director(h.guild.get_member(h.bob.id))
+    out = await h.slash("project new", by=h.bob, objective="Take over the agency")
+    assert "Only the Director" in text_of(out)
+    await dpytest.add_role(h.bob, recorded)
+    assert h.bot.is_director(h.guild.get_member(h.bob.id))
