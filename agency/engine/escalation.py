@@ -79,11 +79,11 @@ class Escalations:
         again: dict[str, Any] = {"attempt": t.attempt + 1, "revision": 0, "step": 0, "blocked_reason": None, "asks": []}
         if action in ("reassign", "hire") and target is not None:
             old = (await s.get(MemberRow, t.assignee_id))
-            if not await transition(s, TASK, tid, TaskState.RUNNING, frm=(TaskState.ESCALATED,), where=guard, project_id=pid,
-                                    event=action, to=target.handle,
+            if not await transition(s, TASK, tid, TaskState.RUNNING, frm=(TaskState.ESCALATED,), where=guard,
                                     values={**again, "assignee_id": target.id, "review_notes": None,
                                             "context": [{"from": PM_HANDLE, "text": decision.message if decision else reason}]}):
                 return False
+            repos.event(s, pid, action, task_id=tid, to=target.handle)  # not via transition(): its own `to` is the state
             if (await s.execute(select(StreamMemberRow).where(StreamMemberRow.stream_id == t.stream_id, StreamMemberRow.member_id == target.id))).first() is None:
                 s.add(StreamMemberRow(stream_id=t.stream_id, member_id=target.id))
                 if target.kind != "human":
