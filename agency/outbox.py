@@ -173,8 +173,12 @@ class OutboxDispatcher:
         self._stops += 1
         self._stop_event.set()
         try:
-            if self._task is not None:
-                self._task.cancel()
+            if self._task is not None:  # the scan loop ends at its next look at the flag, never inside a statement
+                self.ready.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._task), 10)
+                except TimeoutError:
+                    self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
                 self._task = None
             workers = list(self._workers.values())
@@ -194,7 +198,7 @@ class OutboxDispatcher:
         loop = asyncio.get_running_loop()
         next_redeliver = loop.time()  # at the start too: a cause may have been fixed while we were down
         wake: datetime | None = None
-        while True:
+        while not self._stopping:
             if loop.time() >= next_redeliver:
                 next_redeliver = loop.time() + REDELIVER_SECONDS
                 try:
@@ -211,9 +215,11 @@ class OutboxDispatcher:
                     await self.ready.wait()
             except TimeoutError:
                 pass
-            if self.ready.is_set() and self.quiet_seconds > 0:
+            if self.ready.is_set() and self.quiet_seconds > 0 and not self._stopping:
                 await self._gather()
             self.ready.clear()
+            if self._stopping:
+                return
             try:
                 wake = await self._schedule(None)
             except asyncio.CancelledError:
