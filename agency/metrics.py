@@ -253,13 +253,5 @@ def install_metrics(service: AgencyService, *, registry: CollectorRegistry | Non
                             "(env ATEAMS_METRICS__PORT) or set it to 0 to turn metrics off.") from None
     metrics.attach(service)
     service.metrics = metrics  # type: ignore[attr-defined]
-    close = service.close
-
-    async def close_with_metrics() -> None:
-        try:
-            await metrics.close()
-        finally:
-            await close()
-
-    service.close = close_with_metrics  # type: ignore[method-assign]
+    service.on_close(metrics.close)
     return metrics

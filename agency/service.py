@@ -13,12 +13,12 @@ from sqlalchemy import func, select
 from agency import commands as cmdlib
 from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post
+from agency.db.records import member_record, member_records
 from agency.db.session import Database
 from agency.db.tables import (
     AgencyRow,
     ApprovalRow,
     FeedbackRow,
-    LLMCallRow,
     MemberRow,
     MessageRow,
     ProjectRow,
@@ -42,7 +42,7 @@ from agency.roles import specialist as spec_role
 from agency.schemas import AgentTurn, ProjectRequest
 from agency.settings import Settings
 from agency.states import APPROVAL, PROJECT, TASK, ApprovalState, ProjectState, TaskState, transition
-from specialists.loader import Catalogue, load_catalogue
+from specialists.loader import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +92,29 @@ class CommandResult:
 
 
 class AgencyService:
+    """The one API the adapters call. Built by :func:`agency.wiring.build_service` (the composition root),
+    which hands it the engine and every optional part."""
+
     def __init__(
         self,
         settings: Settings,
         db: Database,
         llm: LLMClient,
-        chat: ChatPort | None = None,
+        chat: ChatPort | None,
         *,
-        catalogue: Catalogue | None = None,
+        engine: Engine,
+        catalogue: Catalogue,
         memory: Any = None,
+        learning: Any = None,
+        extra_commands: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.llm = llm
-        self.catalogue = catalogue or load_catalogue()
+        self.catalogue = catalogue
         self.memory = memory
-        self.engine = Engine(db, llm, settings, self.catalogue, tools=build_tools(settings, memory, db))
+        self.engine = engine
+        self.learning = learning  # agency.learning.LearningManager, or None when learning is off
         self.chat = chat
         self.dispatcher = OutboxDispatcher(db, chat, self.engine.outbox_ready) if chat is not None else None
         self._status_dirty: set[int] = set()
@@ -115,18 +122,19 @@ class AgencyService:
         self._status_event = asyncio.Event()
         self._status_lock = asyncio.Lock()  # one writer of status messages at a time (the loop or settle)
         self.engine.on_change.append(self._mark_status)
-        # more commands plug in here (learning, memory, audit): name -> async (service, agency, address, actor, cmd) -> CommandResult
-        self.extra_commands: dict[str, Any] = {}
+        # more commands (learning, memory): name -> async (service, agency, address, actor, cmd) -> CommandResult
+        self.extra_commands: dict[str, Any] = dict(extra_commands or {})
+        self._on_close: list[Any] = []  # async callables run by close() (memory, metrics), last first
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
     async def create(cls, settings: Settings, chat: ChatPort | None = None, *, models: ModelSet | None = None,
                      memory: Any = None, upgrade: bool = True) -> "AgencyService":
-        db = Database.from_settings(settings)
-        if upgrade:
-            await db.upgrade()
-        llm = LLMClient(db, models or build_model_set(settings), settings)
-        return cls(settings, db, llm, chat, memory=memory)
+        """The service with only the core parts (no memory recall, learning or metrics): see
+        :func:`agency.wiring.build_service` for the whole agency."""
+        from agency.wiring import build_service
+
+        return await build_service(settings, chat, models=models, memory=memory, upgrade=upgrade, extras=False)
 
     async def start(self) -> list[int]:
         from agency.watchdog import Watchdog
@@ -156,10 +164,21 @@ class AgencyService:
             except Exception:
                 log.warning("outbox not fully drained at shutdown; it will be delivered after the restart")
 
+    def on_close(self, fn: Any) -> None:
+        """Run ``fn`` (async, no arguments) when the service closes, before the database closes (last added, first run)."""
+        self._on_close.append(fn)
+
     async def close(self) -> None:
-        await self.stop()
-        await self.llm.models.aclose()  # the HTTP connections to the model endpoint
-        await self.db.dispose()
+        try:
+            await self.stop()
+            for fn in reversed(self._on_close):
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("closing %r failed", fn)
+        finally:
+            await self.llm.models.aclose()  # the HTTP connections to the model endpoint
+            await self.db.dispose()
 
     # -- agencies and projects ----------------------------------------------------------------
     async def ensure_agency(self, external_id: str, name: str) -> int:
@@ -396,6 +415,7 @@ class AgencyService:
             if not await transition(s, PROJECT, p.id, ProjectState.PAUSED, frm=ACTIVE, project_id=p.id, event="paused", actor=actor.name,
                                     values={"paused_from": ProjectRow.status}):
                 await s.rollback()
+                await s.refresh(p)  # a rollback expires what the session loaded
                 return f"Project #{project_id} is {p.status}."
             post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} paused by {actor.name}. Work in flight stops before its next model call.")
             await s.commit()
@@ -413,6 +433,7 @@ class AgencyService:
                     s, PROJECT, p.id, p.paused_from or ProjectState.RUNNING, frm=(p.status,), project_id=p.id, event="resumed", actor=actor.name,
                     where=[ProjectRow.paused_from == p.paused_from] if p.paused_from else [ProjectRow.paused_from.is_(None)], values=values):
                 await s.rollback()
+                await s.refresh(p)  # a rollback expires what the session loaded
                 return f"Project #{project_id} is {p.status}; nothing to resume."
             await supersede_approvals(s, p.id, "budget")
             post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} resumed by {actor.name}.")
@@ -426,6 +447,7 @@ class AgencyService:
             p = await self.scoped_project(s, project_id, actor)
             if not await self.engine.cancel_in(s, p, f"cancelled by {actor.name}"):
                 await s.rollback()
+                await s.refresh(p)  # a rollback expires what the session loaded
                 return f"Project #{project_id} is already {p.status}."
             await s.commit()
         self.engine.wake(project_id)
@@ -520,45 +542,11 @@ class AgencyService:
 
     async def record(self, s: Any, member_id: int) -> dict[str, Any]:
         """Performance figures of a member: tasks, acceptance, revisions, escalations, tokens and latency."""
-        return (await self.records(s, [member_id]))[member_id]
+        return await member_record(s, member_id)
 
     async def records(self, s: Any, member_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """:meth:`record` of several members at once: three grouped queries, whatever their number."""
-        ids = list(dict.fromkeys(member_ids))
-        if not ids:
-            return {}
-        done = dict((await s.execute(select(TaskRow.assignee_id, func.count(TaskRow.id))
-                                     .where(TaskRow.assignee_id.in_(ids), TaskRow.status == "done").group_by(TaskRow.assignee_id))).all())
-        fb: dict[int, list[tuple[str, int | None]]] = {i: [] for i in ids}
-        for mid, src, rating in (await s.execute(select(FeedbackRow.member_id, FeedbackRow.source, FeedbackRow.rating)
-                                                 .where(FeedbackRow.member_id.in_(ids)))).all():
-            fb[mid].append((src, rating))
-        calls = {mid: (tokens, latency, n) for mid, tokens, latency, n in (await s.execute(select(
-            LLMCallRow.member_id, func.coalesce(func.sum(LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens), 0),
-            func.coalesce(func.avg(LLMCallRow.latency_ms), 0.0), func.count(LLMCallRow.id))
-            .where(LLMCallRow.member_id.in_(ids)).group_by(LLMCallRow.member_id))).all()}
-        out: dict[int, dict[str, Any]] = {}
-        for mid in ids:
-            n_done = int(done.get(mid, 0))
-            reviews = [r for src, r in fb[mid] if src == "review"]
-            accepted = sum(1 for r in reviews if r and r >= 4)
-            revisions = sum(1 for src, _ in fb[mid] if src == "revision")
-            escalations = sum(1 for src, _ in fb[mid] if src == "escalation")
-            tokens, latency, n_calls = calls.get(mid, (0, 0.0, 0))
-            ratings = [r for src, r in fb[mid] if src in ("director", "reaction") and r]
-            out[mid] = {
-                "tasks_done": n_done,
-                "reviews": len(reviews),
-                "acceptance_rate": round(accepted / len(reviews), 3) if reviews else None,
-                "revisions_per_task": round(revisions / n_done, 3) if n_done else None,
-                "escalations": escalations,
-                "tokens": int(tokens),
-                "tokens_per_task": round(tokens / n_done, 1) if n_done else None,
-                "avg_latency_ms": round(float(latency), 1),
-                "calls": int(n_calls),
-                "director_rating": round(sum(ratings) / len(ratings), 2) if ratings else None,
-            }
-        return out
+        """:meth:`record` of several members at once (:func:`agency.db.records.member_records`)."""
+        return await member_records(s, member_ids)
 
     async def add_human(self, agency_external_id: str, address: str, user_id: str, display_name: str, actor: Actor) -> str:
         self._need_director(actor)
@@ -620,6 +608,7 @@ class AgencyService:
                                                                     where=[TaskRow.seq == t.seq], values={"output": output}, project_id=t.project_id,
                                                                     event="submitted", key=t.key, by=m.handle):
                 await s.rollback()
+                await s.refresh(t)  # a rollback expires what the session loaded
                 raise AgencyError(f"{task_key} is {t.status}; you can submit only a running task.")
             post(s, a.id, t.project_id, repos.stream_addr(t.stream_id), m.handle, f"/submit {t.key}\n{output}")
             await s.commit()
@@ -834,8 +823,6 @@ class AgencyService:
             return addr if known else None
 
     # -- memory and learning (plugged in by agency.wiring) -----------------------------------------
-    learning: Any = None  # agency.learning.LearningManager, or None when learning is off
-
     def _need_learning(self) -> Any:
         if self.learning is None:
             raise AgencyError("The Learning & Performance Manager is off in this agency (learning.enabled = false).")

@@ -20,14 +20,20 @@ import logging
 from typing import Any
 
 from agency.commands import Command
+from agency.db.records import member_record, member_records
+from agency.db.session import Database
+from agency.engine import Engine
+from agency.engine.base import Changes, RunFlags
+from agency.engine.budget import BudgetGate
 from agency.learning import LearningManager
-from agency.llm.client import ModelSet
+from agency.llm.client import LLMClient, ModelSet
 from agency.memory import memory_from_settings
 from agency.models import Actor
 from agency.ports import ChatPort
 from agency.recall import make_recall, store_project_work
-from agency.service import AgencyService, CommandResult
+from agency.service import AgencyService, CommandResult, build_model_set, build_tools
 from agency.settings import Settings
+from specialists.loader import Catalogue, load_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -44,57 +50,55 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-async def build_service(settings: Settings, chat: ChatPort | None, *, models: ModelSet | None = None, memory: Any = None) -> AgencyService:
-    """The service with every optional part the settings enable.
+async def build_service(settings: Settings, chat: ChatPort | None, *, models: ModelSet | None = None, memory: Any = None,
+                        upgrade: bool = True, extras: bool = True) -> AgencyService:
+    """The service with every part the settings enable (``extras=False``: the core only: no recall,
+    learning, text commands or metrics; what ``AgencyService.create`` builds for tests).
 
-    ``memory``: pass one to share it (the caller closes it); by default it is
-    built from the settings and closed with the service.
+    ``memory``: pass one to share it (the caller closes it); by default it is built from the settings
+    (when ``extras``) and closed with the service.
     """
-    own_memory = memory is None and settings.memory.enabled
+    db = Database.from_settings(settings)
+    if upgrade:
+        await db.upgrade()
+    return compose(settings, db, chat, models=models or build_model_set(settings), memory=memory, extras=extras)
+
+
+def compose(settings: Settings, db: Database, chat: ChatPort | None, *, models: ModelSet, memory: Any = None, extras: bool = True,
+            llm_class: type[LLMClient] = LLMClient, catalogue: Catalogue | None = None) -> AgencyService:
+    """Build every part once, each constructor given what it needs (the one composition root)."""
+    own_memory = memory is None and extras and settings.memory.enabled
     if own_memory:
         memory = memory_from_settings(settings)
-    service = await AgencyService.create(settings, chat, models=models, memory=memory)
-    engine = service.engine
-    engine.recall = make_recall(memory, settings, db=service.db, records=service.records)
-    if memory is not None:
+    changes, flags = Changes(), RunFlags()
+    llm = llm_class(db, models, settings, budget_check=BudgetGate(db, settings, flags, changes))
+    catalogue = catalogue or load_catalogue()
+    hooks: list[Any] = []
+    decisions: dict[str, Any] = {}
+    learning: LearningManager | None = None
+    recall = make_recall(memory, settings, db=db, records=member_records) if extras else None
+    if extras and memory is not None:
         async def store_work(project_id: int) -> None:
-            await store_project_work(memory, service.db, project_id)
+            await store_project_work(memory, db, project_id)
 
-        engine.on_project_done.append(store_work)
-    if settings.learning.enabled:
-        def notify(project_id: int | None) -> None:
-            if project_id is not None:
-                engine._changed(project_id)  # outbox and live status
-            else:
-                engine.outbox_ready.set()
-
-        lm = LearningManager(service.db, service.llm, memory, settings, record=service.record, notify=notify)
-        service.learning = lm
-        engine.extra_decisions["revision"] = lm.decide_revision
-        engine.on_project_done.append(lm.after_project)
-    service.extra_commands.update(COMMANDS)
+        hooks.append(store_work)
+    if extras and settings.learning.enabled:
+        learning = LearningManager(db, llm, memory, settings, record=member_record, notify=changes.changed)
+        decisions["revision"] = learning.decide_revision
+        hooks.append(learning.after_project)
+    engine = Engine(db, llm, settings, catalogue, changes=changes, flags=flags, recall=recall, tools=build_tools(settings, memory, db),
+                    on_project_done=hooks, extra_decisions=decisions)
+    service = AgencyService(settings, db, llm, chat, engine=engine, catalogue=catalogue, memory=memory, learning=learning,
+                            extra_commands=COMMANDS if extras else None)
     if own_memory:
-        _close_memory_with(service, memory)
-    # -- metrics (agency.metrics; observability): Prometheus endpoint when [metrics] port is set, else nothing --
-    from agency.metrics import install_metrics
+        service.on_close(memory.close)
+    if extras:
+        from agency.metrics import install_metrics  # observability: a Prometheus endpoint when [metrics] port is set
 
-    install_metrics(service)  # sets service.metrics; stops with service.close()
-    # -- end metrics --
-    log.info("service built: memory %s, learning %s", "on" if memory is not None else "off",
-             "on" if settings.learning.enabled else "off")
+        install_metrics(service)  # sets service.metrics; stops with service.close()
+        log.info("service built: memory %s, learning %s", "on" if memory is not None else "off",
+                 "on" if settings.learning.enabled else "off")
     return service
-
-
-def _close_memory_with(service: AgencyService, memory: Any) -> None:
-    close = service.close
-
-    async def close_all() -> None:
-        try:
-            await close()
-        finally:
-            await memory.close()
-
-    service.close = close_all  # type: ignore[method-assign]
 
 
 # -- text commands (service.extra_commands) ---------------------------------------------------------

@@ -68,35 +68,61 @@ def norm(text: str) -> str:
     return " ".join((text or "").lower().split())
 
 
-class Core:
-    """The collaborators every stage needs, and the helpers they share."""
+class Changes:
+    """Who hears of a committed change: the outbox (``outbox_ready``) and the listeners of a project's
+    changes (live status, metrics). Built first, so that everything that commits can be given it."""
 
-    def __init__(self, db: Database, llm: LLMClient, settings: Settings, catalogue: Catalogue, *,
-                 recall: Recall | None = None, tools: Any = None) -> None:
-        self.db = db
-        self.llm = llm
-        self.settings = settings
-        self.catalogue = catalogue
-        self.recall = recall  # memory: (agency_id, handle, role, query, project_id) -> (text, retrieved)
-        self.tools = tools  # agency.tools.registry.ToolRegistry, or None: no tools
-        self.on_change: list[Callable[[int], None]] = []  # live status, metrics
+    def __init__(self) -> None:
         self.outbox_ready = asyncio.Event()
+        self.on_change: list[Callable[[int], None]] = []
 
-    def changed(self, pid: int) -> None:
+    def changed(self, pid: int | None) -> None:
         self.outbox_ready.set()
+        if pid is None:
+            return
         for cb in self.on_change:
             try:
                 cb(pid)
             except Exception:
                 log.exception("on_change callback failed")
 
+
+class RunFlags:
+    """Whether the engine is stopping, and which projects' workers must stop at their next step; read by
+    the budget gate before every model call."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.halting: set[int] = set()
+
+    def halted(self, pid: int) -> bool:
+        return self.stopping or pid in self.halting
+
+
+class Core:
+    """The collaborators every stage needs, and the helpers they share."""
+
+    def __init__(self, db: Database, llm: LLMClient, settings: Settings, catalogue: Catalogue, *, changes: Changes,
+                 recall: Recall | None = None, tools: Any = None) -> None:
+        self.db = db
+        self.llm = llm
+        self.settings = settings
+        self.catalogue = catalogue
+        self.changes = changes
+        self.recall = recall  # memory: (agency_id, handle, role, query, project_id) -> (text, retrieved)
+        self.tools = tools  # agency.tools.registry.ToolRegistry, or None: no tools
+
+    @property
+    def outbox_ready(self) -> asyncio.Event:
+        return self.changes.outbox_ready
+
+    def changed(self, pid: int) -> None:
+        self.changes.changed(pid)
+
     async def commit(self, s: AsyncSession, pid: int | None) -> None:
         """Commit a step (its state change, event and outbound messages) and wake the outbox."""
         await s.commit()
-        if pid is not None:
-            self.changed(pid)
-        else:
-            self.outbox_ready.set()
+        self.changes.changed(pid)
 
     async def ensure_member(self, s: AsyncSession, agency_id: int, handle: str, kind: str, role: str,
                             definition: SpecialistDefinition | None = None) -> MemberRow:

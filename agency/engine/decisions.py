@@ -67,11 +67,13 @@ class Decisions:
             assert p is not None
             if p.status in PROJECT_TERMINAL and a.kind in self.core_kinds:  # extra kinds (a revision) outlive the project
                 await s.rollback()
+                await s.refresh(p)  # a rollback expires what the session loaded
                 raise AgencyError(f"Project #{p.id} is {p.status}.")
             handler = self.handlers.get(a.kind)
             if handler is None:
+                kind = a.kind
                 await s.rollback()
-                raise AgencyError(f"Unknown approval kind {a.kind}.")
+                raise AgencyError(f"Unknown approval kind {kind}.")
             try:
                 result = await handler(s, p, a, approved, reason, choice)
             except Exception:

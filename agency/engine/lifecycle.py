@@ -13,7 +13,7 @@ step is applied twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -21,12 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agency.db import repos
-from agency.db.repos import SYSTEM, overview, post
 from agency.db.session import Database
 from agency.db.tables import ApprovalRow, EventRow, ProjectRow, TaskRow
 from agency.engine import tasks as task_moves
-from agency.engine.base import LOCK_RETRIES, PROJECT_GATE, Core, ProjectHook, ProjectPaused, Recall, is_lock_timeout, log
+from agency.engine.base import LOCK_RETRIES, Changes, Core, ProjectHook, ProjectPaused, Recall, RunFlags, is_lock_timeout, log
 from agency.engine.decisions import Decisions, Handler
 from agency.engine.delivery import Delivery
 from agency.engine.escalation import Escalations
@@ -37,27 +35,27 @@ from agency.engine.scheduling import FlightStats, Scheduler, TaskSteps
 from agency.engine.staffing import Staffing
 from agency.engine.work import Work
 from agency.errors import BudgetExceededError, LLMError
-from agency.llm.client import CallContext, LLMClient
-from agency.llm.usage import format_usd
+from agency.llm.client import LLMClient
 from agency.schemas import WorkPlan
 from agency.settings import Settings
 from agency.states import PROJECT_TERMINAL, ProjectState, TaskState
 from specialists.loader import Catalogue
 
-_HALTED = (ProjectState.PAUSED, ProjectState.CANCELLED, ProjectState.BLOCKED)
 
 
 class Engine:
-    def __init__(self, db: Database, llm: LLMClient, settings: Settings, catalogue: Catalogue, *,
-                 recall: Recall | None = None, tools: Any = None, on_project_done: list[ProjectHook] | None = None,
+    """Built by :mod:`agency.wiring` with every collaborator it needs (nothing is assigned afterwards):
+    ``changes`` and ``flags`` are shared with the budget gate the model client calls before each call."""
+
+    def __init__(self, db: Database, llm: LLMClient, settings: Settings, catalogue: Catalogue, *, changes: Changes, flags: RunFlags,
+                 recall: Recall | None = None, tools: Any = None, on_project_done: Sequence[ProjectHook] = (),
                  extra_decisions: Mapping[str, Handler] | None = None) -> None:
-        self.core = core = Core(db, llm, settings, catalogue, recall=recall, tools=tools)
+        self.core = core = Core(db, llm, settings, catalogue, changes=changes, recall=recall, tools=tools)
         self.db, self.llm, self.settings, self.catalogue = db, llm, settings, catalogue
-        self.on_project_done: list[ProjectHook] = on_project_done if on_project_done is not None else []
+        self.flags = flags
+        self.on_project_done: list[ProjectHook] = list(on_project_done)
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._wake: dict[int, asyncio.Event] = {}
-        self._stopping = False
-        self._halting: set[int] = set()  # projects whose task workers must stop at their next step
         self.planning = Planning(core)
         self.staffing = Staffing(core)
         self.work = Work(core)
@@ -68,21 +66,24 @@ class Engine:
         self.decisions = Decisions(core, self.planning, extra_decisions, on_decided=self.spawn)
         self.scheduler = Scheduler(core, TaskSteps(turn=self.work.turn, answer=self.questions.answer, review=self.reviews.review,
                                                    pm_decision=self.escalations.pm_decision),
-                                   halting=self._halting, stop_tasks=self._stop_tasks, wait_wake=self._wait_wake,
-                                   stopping=lambda: self._stopping)
+                                   halting=flags.halting, stop_tasks=self._stop_tasks, wait_wake=self._wait_wake,
+                                   stopping=lambda: flags.stopping)
         self._steps = {ProjectState.NEW: self.planning.propose, ProjectState.PLANNING: self.planning.plan,
                        ProjectState.STAFFING: self.staffing.staff, ProjectState.RUNNING: self.scheduler.run_tasks,
                        ProjectState.DELIVERING: self.delivery.deliver}
-        llm.budget_check = self.before_call
+
+    @property
+    def _stopping(self) -> bool:
+        return self.flags.stopping
+
+    @_stopping.setter
+    def _stopping(self, value: bool) -> None:
+        self.flags.stopping = value
 
     # -- what the service and adapters use ------------------------------------------------------
     @property
     def recall(self) -> Recall | None:
         return self.core.recall
-
-    @recall.setter
-    def recall(self, value: Recall | None) -> None:
-        self.core.recall = value
 
     @property
     def tools(self) -> Any:
@@ -94,7 +95,7 @@ class Engine:
 
     @property
     def on_change(self) -> list[Callable[[int], None]]:
-        return self.core.on_change
+        return self.core.changes.on_change
 
     @property
     def stats(self) -> dict[int, FlightStats]:
@@ -251,46 +252,3 @@ class Engine:
         async with self.db.session() as s:
             await task_moves.pause_for_budget(s, pid, message)
             await self.core.commit(s, pid)
-
-    # -- the budget gate: before every model call ---------------------------------------------------
-    async def before_call(self, ctx: CallContext) -> None:
-        if ctx.project_id is None:
-            return
-        if self._stopping or ctx.project_id in self._halting:
-            raise ProjectPaused()
-        async with self.db.engine.connect() as conn:  # the common case in one prebuilt read, no ORM session
-            gate = (await conn.execute(PROJECT_GATE, {"pid": ctx.project_id})).one_or_none()
-        if gate is None:
-            return
-        status, budget_usd, budget_tokens = gate
-        if status in _HALTED and ctx.purpose not in ("evaluate", "revise"):
-            raise ProjectPaused()
-        if budget_usd is None and budget_tokens is None:
-            return
-        async with self.db.session() as s:  # a budget: load the project, whose warning flag this may set
-            p = await s.get(ProjectRow, ctx.project_id)
-            if p is None:
-                return
-            tokens, cost, _ = await repos.project_usage(s, p.id)
-            spent = cost / p.budget_usd if p.budget_usd else tokens / p.budget_tokens  # type: ignore[operator]
-            if spent >= 1.0:
-                raise BudgetExceededError(
-                    f"Project #{p.id} has spent {self._spend_text(p, tokens, cost)}; raise the budget with `/budget <usd>` or stop."
-                )
-            if spent >= self.settings.engine.budget_warn_ratio and not p.budget_warned:
-                from sqlalchemy import update
-
-                warned = await s.execute(update(ProjectRow).where(ProjectRow.id == p.id, ProjectRow.budget_warned == 0).values(budget_warned=1)
-                                         .execution_options(synchronize_session=False))
-                if warned.rowcount:  # type: ignore[attr-defined]  # once, even when two calls cross the line together
-                    post(s, p.agency_id, p.id, overview(p.id), SYSTEM,
-                         f"Budget warning: project #{p.id} has used {spent:.0%} ({self._spend_text(p, tokens, cost)}).",
-                         kind="notice", mentions=["director"])
-                    repos.event(s, p.id, "budget_warning", ratio=spent)
-                await self.core.commit(s, p.id)
-
-    @staticmethod
-    def _spend_text(p: ProjectRow, tokens: int, cost: float) -> str:
-        if p.budget_usd:
-            return f"{format_usd(cost)} of {format_usd(p.budget_usd)}"
-        return f"{tokens} of {p.budget_tokens} tokens"

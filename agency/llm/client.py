@@ -166,12 +166,12 @@ CallObserver = Callable[[LLMCallRow], None]
 
 
 class LLMClient:
-    def __init__(self, db: Database, models: ModelSet, settings: Settings) -> None:
+    def __init__(self, db: Database, models: ModelSet, settings: Settings, *, budget_check: BudgetCheck | None = None) -> None:
         self.db = db
         self.models = models
         self.settings = settings
         self._sem = asyncio.Semaphore(settings.llm.concurrency)
-        self.budget_check: BudgetCheck | None = None  # set by the engine
+        self.budget_check = budget_check  # the engine's budget gate (agency.engine.budget), before every call
         self.observers: list[CallObserver] = []  # metrics, live status
         self.calls_made = 0  # physical calls made by this process (not answered from the record)
         # projects created by this process: a recorded answer for one of their keys can only be one recorded here

@@ -330,7 +330,7 @@ async def replay_project(settings: Settings, source_db_url: str, project_id: int
 
 async def replay_recording(settings: Settings, recording: Recording, workdir: Path, *, timeout: float = 300.0) -> ReplayResult:
     from agency.console import ConsoleChat
-    from agency.service import AgencyService
+    from agency.wiring import compose
 
     cfg = settings.model_copy(update={
         "data_dir": workdir, "database_url": None, "dry_run": recording.dry_run,
@@ -342,7 +342,7 @@ async def replay_recording(settings: Settings, recording: Recording, workdir: Pa
     await db.upgrade()
     model = ReplayModel(recording.calls)
     models = ModelSet({name: (model, t.model) for name, t in cfg.llm.tiers.items()}, cfg.llm.default_tier, simulated=recording.dry_run)
-    service = AgencyService(cfg, db, ReplayLLMClient(db, models, cfg), ConsoleChat(quiet=True))
+    service = compose(cfg, db, ConsoleChat(quiet=True), models=models, extras=False, llm_class=ReplayLLMClient)
     divergences: list[str] = []
     pid: int | None = None
     status = "new"
