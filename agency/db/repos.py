@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -121,12 +122,24 @@ async def declare_space(
 
 
 async def get_or_create_agency(s: AsyncSession, external_id: str, name: str) -> AgencyRow:
-    row = (await s.execute(select(AgencyRow).where(AgencyRow.external_id == external_id))).scalar_one_or_none()
-    if row is None:
-        row = AgencyRow(external_id=external_id, name=name, settings={})
-        s.add(row)
-        await s.flush()
-        await declare_space(s, row.id, hq(), "hq", "hq", topic="Director <-> PM, agency-wide news")
+    """The agency of ``external_id``, created (with its ``hq`` space) if it is new. Two processes may
+    create it at once: the loser's insert fails on the unique external id inside a savepoint, and it
+    takes the winner's row."""
+    query = select(AgencyRow).where(AgencyRow.external_id == external_id)
+    row = (await s.execute(query)).scalar_one_or_none()
+    if row is not None:
+        return row
+    try:
+        async with s.begin_nested():
+            row = AgencyRow(external_id=external_id, name=name, settings={})
+            s.add(row)
+            await s.flush()
+            await declare_space(s, row.id, hq(), "hq", "hq", topic="Director <-> PM, agency-wide news")
+            await s.flush()
+    except IntegrityError:
+        row = (await s.execute(query)).scalar_one_or_none()
+        if row is None:
+            raise
     return row
 
 

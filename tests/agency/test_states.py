@@ -263,14 +263,8 @@ async def test_a_transition_from_a_state_that_is_not_a_source_moves_nothing(make
 
 
 # -- callers of a transition that did not apply --------------------------------------------------
-ROLLBACK_BUG = ("KNOWN BUG: agency/service.py pause(), resume(), cancel() and human_submit() call s.rollback() when the "
-                "transition did not apply and then read p.status / t.status, which the rollback expired: the lazy load raises "
-                "sqlalchemy MissingGreenlet (StatementError) instead of the refusal. Read the status before the rollback "
-                "(and drop the matching except clause in tests/reliability/test_state_property.py).")
-
-
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_BUG)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the bug's never-awaited cursor
+# A refused pause, resume, cancel or submit rolls back, then answers with the row's state: the row is refreshed
+# after the rollback (which expires it), not lazy-loaded (MissingGreenlet in an async session).
 @pytest.mark.parametrize("command", ["pause", "resume", "cancel", "human_submit"])
 async def test_a_refused_director_or_human_command_answers_in_words(make_service, command: str) -> None:
     """A command whose transition does not apply (the project or task is past it) is refused in words."""

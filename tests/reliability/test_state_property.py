@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import make_url, select
-from sqlalchemy.exc import MissingGreenlet, StatementError
 
 from agency.console import ConsoleChat
 from agency.db.tables import ApprovalRow, EventRow, ProjectRow, TaskRow
@@ -235,12 +233,6 @@ class Run:
                 await self.open()
         except AgencyError:
             pass  # a decision the project has moved past: refused, nothing changes
-        except StatementError as e:
-            # KNOWN BUG, see tests/agency/test_states.py::test_a_refused_director_or_human_command_answers_in_words:
-            # a pause/resume/cancel that does not apply reads p.status after s.rollback() expired it (nothing was
-            # written). Remove this clause and the filterwarnings mark below once agency/service.py is fixed.
-            if cmd not in ("pause", "resume", "cancel") or not isinstance(e.orig, MissingGreenlet):
-                raise
 
     async def finish(self, pid: int) -> ProjectRow:
         """The Director approves every gate and resumes whatever waits: the project ends."""
@@ -305,7 +297,6 @@ async def _template(cfg: Settings) -> Path:
 
 
 # about 0.5 s an example; no shrinking, so a failure reports quickly (the example as drawn, and a blob to replay it)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the KNOWN BUG's never-awaited cursor
 @hsettings(max_examples=30, deadline=None, database=None, print_blob=True, phases=(Phase.explicit, Phase.reuse, Phase.generate),
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(script=scripts)
