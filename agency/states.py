@@ -41,7 +41,7 @@ class ProjectState(StrEnum):
     BLOCKED = "blocked"  # needs the Director (reason in error); paused_from says where it resumes
     DONE = "done"
     CANCELLED = "cancelled"
-    FAILED = "failed"
+    FAILED = "failed"  # no step moves a project here today; kept for rows and tools that may
 
 
 class TaskState(StrEnum):
@@ -191,6 +191,7 @@ async def transition(
     machine: Machine,
     row_id: int | None,
     to: str,
+    /,
     *,
     frm: Iterable[str] | None = None,
     where: Iterable[ColumnElement[bool]] = (),

@@ -15,7 +15,6 @@ async def test_two_creators_of_one_agency_both_get_the_same_row(tmp_path) -> Non
     first, second = Database(url), Database(url)
     await first.upgrade()
     both_looked = asyncio.Barrier(2)
-    real_execute = None
 
     async def create(db: Database) -> int:
         async with db.session() as s:
@@ -41,4 +40,3 @@ async def test_two_creators_of_one_agency_both_get_the_same_row(tmp_path) -> Non
     finally:
         await first.dispose()
         await second.dispose()
-    assert real_execute is None
