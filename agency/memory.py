@@ -74,6 +74,12 @@ def collection_name(agency_id: int, kind: MemoryKind) -> str:
     return f"a{agency_id}_{kind}"
 
 
+def _namespace(value: str) -> str:
+    """A collection-name-safe deployment prefix (Chroma: letters, digits, ``._-``; names of 3-63 characters)."""
+    cleaned = re.sub(r"[^A-Za-z0-9]+", "-", value or "").strip("-")[:24]
+    return cleaned
+
+
 def entry_id(entry: MemoryEntry) -> str:
     """The deterministic id of an entry: the same entry always gets the same id."""
     parts = [
@@ -231,7 +237,12 @@ class ChromaMemory:
         embedding: Any = None,
         clock: Clock | None = None,
         request_timeout: float | None = 30.0,
+        namespace: str = "",
     ) -> None:
+        """``namespace``: the deployment's prefix for collection names, so that several deployments (each
+        with its own database, whose agency ids repeat) can share one Chroma server without seeing each
+        other's memories. Empty: the names of older versions (a store of this deployment alone)."""
+        self.namespace = _namespace(namespace)
         if embedding is None:
             from agency.embeddings import LocalMiniLMEmbedding
 
@@ -281,8 +292,11 @@ class ChromaMemory:
                     self._client_obj = chromadb.PersistentClient(path=str(self.path), settings=settings)
             return self._client_obj
 
+    def _name(self, agency_id: int, kind: MemoryKind) -> str:
+        return f"{self.namespace}_{collection_name(agency_id, kind)}" if self.namespace else collection_name(agency_id, kind)
+
     def _collection(self, agency_id: int, kind: MemoryKind) -> Collection:
-        name = collection_name(agency_id, kind)
+        name = self._name(agency_id, kind)
         coll = self._collections.get(name)
         if coll is not None:
             return coll
@@ -315,7 +329,7 @@ class ChromaMemory:
             return fn(self._collection(agency_id, kind))
         except NotFoundError:
             with self._lock:
-                self._collections.pop(collection_name(agency_id, kind), None)
+                self._collections.pop(self._name(agency_id, kind), None)
             return fn(self._collection(agency_id, kind))
 
     def _embed(self, texts: list[str]) -> list[Any]:
@@ -392,7 +406,7 @@ class ChromaMemory:
         removed = 0
         with self._lock:
             for kind in KINDS:
-                name = collection_name(agency_id, kind)
+                name = self._name(agency_id, kind)
                 self._collections.pop(name, None)
                 try:
                     self._client().delete_collection(name)
@@ -469,8 +483,9 @@ class ChromaMemory:
         return await self._run(self._delete_agency_sync, int(agency_id))
 
 
-def memory_from_settings(settings: Settings) -> ChromaMemory:
-    """Build the memory the settings describe (``[memory]``, ``data_dir``, ``llm.base_url``)."""
+def memory_from_settings(settings: Settings, *, namespace: str | None = None) -> ChromaMemory:
+    """Build the memory the settings describe (``[memory]``, ``data_dir``, ``llm.base_url``); ``namespace``
+    overrides ``memory.namespace`` (the composition root passes the deployment's own with a server)."""
     from agency.embeddings import make_embedding
 
     m = settings.memory
@@ -478,7 +493,8 @@ def memory_from_settings(settings: Settings) -> ChromaMemory:
     embedding = make_embedding(
         m.embedding, openai_model=m.openai_embedding_model, base_url=settings.llm.base_url, api_key=key
     )
-    return ChromaMemory(Path(settings.data_dir) / "chroma", server_url=m.server_url, embedding=embedding)
+    return ChromaMemory(Path(settings.data_dir) / "chroma", server_url=m.server_url, embedding=embedding,
+                        namespace=namespace if namespace is not None else m.namespace)
 
 
 # --------------------------------------------------------------------------

@@ -112,6 +112,8 @@ class MemorySettings(_Section):
     openai_embedding_model: str = "text-embedding-3-small"
     token_budget: int = Field(600, ge=0)
     top_k: int = Field(4, ge=0, le=50)
+    # collection-name prefix on a shared Chroma server; empty = this deployment's id (made at the first start)
+    namespace: str = Field("", max_length=24)
 
 
 class LearningSettings(_Section):

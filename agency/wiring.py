@@ -61,7 +61,23 @@ async def build_service(settings: Settings, chat: ChatPort | None, *, models: Mo
     db = Database.from_settings(settings)
     if upgrade:
         await db.upgrade()
+    if memory is None and extras and settings.memory.enabled:
+        memory = memory_from_settings(settings, namespace=await memory_namespace(settings, db))
+        service = compose(settings, db, chat, models=models or build_model_set(settings), memory=memory, extras=extras)
+        service.on_close(memory.close)  # built here, closed with the service
+        return service
     return compose(settings, db, chat, models=models or build_model_set(settings), memory=memory, extras=extras)
+
+
+async def memory_namespace(settings: Settings, db: Database) -> str:
+    """The prefix of this deployment's collections: ``memory.namespace``, or with a Chroma server that
+    several deployments may share, this database's deployment id; none for a local store of its own."""
+    if settings.memory.namespace or not settings.memory.server_url:
+        return settings.memory.namespace
+    from agency.db.repos import deployment_id
+
+    async with db.session() as s:
+        return "d" + (await deployment_id(s)).replace("-", "")[:12]
 
 
 def compose(settings: Settings, db: Database, chat: ChatPort | None, *, models: ModelSet, memory: Any = None, extras: bool = True,
@@ -69,7 +85,7 @@ def compose(settings: Settings, db: Database, chat: ChatPort | None, *, models: 
     """Build every part once, each constructor given what it needs (the one composition root)."""
     own_memory = memory is None and extras and settings.memory.enabled
     if own_memory:
-        memory = memory_from_settings(settings)
+        memory = memory_from_settings(settings)  # (build_service passes one with the deployment's namespace)
     changes, flags = Changes(), RunFlags()
     llm = llm_class(db, models, settings, budget_check=BudgetGate(db, settings, flags, changes))
     catalogue = catalogue or load_catalogue()

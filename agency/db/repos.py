@@ -15,6 +15,7 @@ from sqlalchemy.orm import aliased
 
 from agency.db.tables import (
     AgencyRow,
+    DeploymentRow,
     EventRow,
     LLMCallRow,
     MemberRow,
@@ -261,3 +262,8 @@ async def task_frame(s: AsyncSession, task_id: int) -> TaskFrame:
     if row is None:
         raise NotFoundError(f"There is no task #{task_id}.")
     return TaskFrame(*row)
+
+
+async def deployment_id(s: AsyncSession) -> str:
+    """This database's deployment id (made by migration 0005)."""
+    return str((await s.execute(select(DeploymentRow.id).limit(1))).scalar_one())

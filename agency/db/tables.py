@@ -294,3 +294,12 @@ class EvaluationRow(Base):
     record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # performance figures at the time
     proposed_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class DeploymentRow(Base):
+    """This deployment (one database): its id names what it shares with others, e.g. its collections on a
+    Chroma server. One row, made by the migration that created the table."""
+
+    __tablename__ = "deployment"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
