@@ -80,7 +80,10 @@ def _version(db: Path) -> list[str]:
 def _rows(db: Path) -> dict[str, list[tuple]]:
     with closing(sqlite3.connect(db)) as c:
         tables = [t for (t,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        return {t: sorted(map(repr, c.execute(f'SELECT * FROM "{t}"'))) for t in tables}  # noqa: S608 - our own names
+        rows = {t: sorted(map(repr, c.execute(f'SELECT * FROM "{t}"'))) for t in tables}  # noqa: S608 - our own names
+        if "deployment" in rows:  # one row with a fresh id per upgrade: only its presence is comparable
+            rows["deployment"] = [f"{len(rows['deployment'])} row(s)"]
+        return rows
 
 
 def _is_write(sql: str) -> bool:
