@@ -75,3 +75,15 @@ async def test_an_actor_acts_only_in_its_own_agency_even_with_the_right_id(make_
     with pytest.raises(NotFoundError):
         await service.cancel(theirs.id, OWNER)
     assert (await service.project(theirs.id)).status != "cancelled"
+
+
+async def test_approve_zero_is_refused_not_read_as_the_recommended_approach(make_service) -> None:
+    service = await make_service(ScriptedModel({"WorkPlan": [DIAMOND]}))
+    info = await service.new_project(AGENCY, "Write a guide to composting for city apartments", oversight="plan", actor=OWNER)
+    approval = await wait_for(lambda: service.engine.pending_approval(info.id))
+    with pytest.raises(AgencyError, match="from 1"):
+        await service.approve(info.id, OWNER, choice=0)
+    res = await _answer(service.run_command(AGENCY, f"overview:{info.id}", OWNER, "/approve 0"))
+    assert "from 1" in res or "between 1" in res, res
+    async with service.db.session() as s:
+        assert (await s.get(ApprovalRow, approval.id)).status == "pending"  # nothing was decided
