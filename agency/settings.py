@@ -97,6 +97,9 @@ class EngineSettings(_Section):
     budget_usd: float | None = Field(None, gt=0)
     budget_tokens: int | None = Field(None, gt=0)
     budget_warn_ratio: float = Field(0.8, gt=0, lt=1)
+    # several processes on one database: a project is run by the process holding its lease
+    lease_seconds: float = Field(30.0, ge=2, description="a project's lease lasts this long unless renewed")
+    poll_seconds: float = Field(2.0, gt=0, le=60, description="how often a process looks for work and for decisions made elsewhere")
 
 
 class DiscordSettings(_Section):

@@ -67,6 +67,8 @@ class ProjectRow(Base):
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))  # the process running it (agency.engine.leases)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 class ApproachRow(Base):
@@ -226,6 +228,8 @@ class MessageRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # pending after a failure: not before this time
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))  # the process sending it now (two never send one)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 class LLMCallRow(Base):
