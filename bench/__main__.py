@@ -1,8 +1,9 @@
 """Run the benchmark suite: ``python -m bench [--quick] [--only NAME ...] [--compare FILE]``.
 
 Every scenario runs in a fresh Python process (so each peak RSS belongs to its
-run alone) against the mock chat-completions server on 127.0.0.1; nothing
-leaves the machine. The table goes to stdout, the figures to
+run alone) against the mock chat-completions server on 127.0.0.1, which runs in
+a process of its own (``--mock thread``: in a thread of the scenario's process,
+as before December 2026); nothing leaves the machine. The table goes to stdout, the figures to
 ``bench/results/<timestamp>.json`` and ``bench/results/latest.json``.
 """
 from __future__ import annotations
@@ -42,21 +43,31 @@ def _jobs(sizes: dict[str, dict[str, Any]], only: list[str]) -> list[tuple[str, 
 
 
 def _merge(results: dict[str, Any], name: str, r: dict[str, Any]) -> None:
-    if name in results and "cases" in r and "cases" in results[name]:
-        results[name]["cases"].update(r["cases"])
-        results[name]["ok"] = results[name].get("ok", True) and r.get("ok", True)
-    else:
+    """Add one process's result to its scenario's; a failed process (scale runs one per size) keeps the
+    cases the others measured and adds its error."""
+    had = results.get(name)
+    if had is None:
         results[name] = r
+    elif "cases" in r and "cases" in had:
+        had["cases"].update(r["cases"])
+        had["ok"] = had.get("ok", True) and r.get("ok", True)
+    elif r.get("error"):
+        had["error"] = "; ".join(e for e in (had.get("error"), r["error"]) if e)
+        had["ok"] = False
+    else:  # an error first, then cases
+        results[name] = {**r, "error": had.get("error"), "ok": False}
 
 
 def _ok(r: dict[str, Any]) -> bool:
+    if r.get("error"):
+        return False
     if "cases" in r:
         return all(c.get("ok", False) for c in r["cases"].values())
     return bool(r.get("ok", False))
 
 
-def _run_child(name: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench", "--child", name, "--params", json.dumps(params)]
+def _run_child(name: str, params: dict[str, Any], timeout: float, mock: str = "process") -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench", "--child", name, "--params", json.dumps(params), "--mock", mock]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parents[1])
@@ -69,9 +80,10 @@ def _run_child(name: str, params: dict[str, Any], timeout: float) -> dict[str, A
     return {"error": f"exit {proc.returncode}: {' / '.join(tail)[:400]}", "ok": False}
 
 
-def _child(name: str, params: dict[str, Any]) -> None:
+def _child(name: str, params: dict[str, Any], mock: str) -> None:
     logging.basicConfig(level=logging.ERROR)
     scenarios.TUNE_GC = True
+    scenarios.MOCK = mock
     with tempfile.TemporaryDirectory(prefix="ateams-bench-") as tmp:
         result = asyncio.run(SCENARIOS[name](**params, tmp_dir=tmp))
     print(MARK + json.dumps(result, default=str), flush=True)
@@ -93,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     parser.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per scenario process")
+    parser.add_argument("--mock", choices=scenarios.MOCK_MODES, default="process",
+                        help="where the mock model server runs: its own process (default: a fair comparison) or "
+                             "a thread of the engine's process (as before December 2026, sharing its interpreter lock)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        _child(args.child, json.loads(args.params or "{}"))
+        _child(args.child, json.loads(args.params or "{}"), args.mock)
         return 0
 
     previous = None
@@ -108,19 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     load_before = _loadavg()
     started = time.perf_counter()
-    for name, params in _jobs(sizes, args.only):
-        t = time.perf_counter()
-        print(f"running {name} {json.dumps(params)} ...", file=sys.stderr, flush=True)
-        r = _run_child(name, params, args.timeout)
-        print(f"  {'ok' if _ok(r) else 'FAILED'} in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
-        _merge(results, name, r)
+    try:
+        for name, params in _jobs(sizes, args.only):
+            t = time.perf_counter()
+            print(f"running {name} {json.dumps(params)} ...", file=sys.stderr, flush=True)
+            r = _run_child(name, params, args.timeout, args.mock)
+            print(f"  {'ok' if _ok(r) else 'FAILED'} in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+            _merge(results, name, r)
+    except KeyboardInterrupt:  # subprocess.run killed the scenario's process; its mock server exits with it
+        print("interrupted: nothing saved", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - started
 
     table = report.rows(results)
-    document = {
+    document: dict[str, Any] = {
         "meta": {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "quick": args.quick,
+            "mock": args.mock,  # where the mock model server ran
             "seconds": round(elapsed, 1),
             "machine": report.machine(),
             # other work on the machine inflates every figure: compare runs made at a low load
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         m = document["meta"]["machine"]
         print(f"A-TEAMs benchmarks{' (quick)' if args.quick else ''}: {m['cpu']}, {m['cores']} cores, "
               f"{m['memory_gb']} GB, Python {m['python']}, commit {m['commit']}{' (dirty)' if m['dirty'] else ''}; "
-              f"{elapsed:.0f} s; load average {load_before} before, {_loadavg()} after\n")
+              f"mock server in its own {args.mock}; {elapsed:.0f} s; load average {load_before} before, {_loadavg()} after\n")
         print(report.render(table))
         if previous is not None:
             print(f"\nCompared with {args.compare} ({previous.get('meta', {}).get('when', '?')}, "

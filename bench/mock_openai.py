@@ -27,27 +27,41 @@ default 500 is how old llama.cpp builds answered ``json_schema``.
 ``burst(fault, count)`` answers the next ``count`` chat requests with
 ``fault`` before anything else (e.g. a burst of 500s during an outage).
 
-Run standalone with an echo handler: ``python -m bench.mock_openai --port 8000``.
+:class:`MockOpenAIServer` runs in the caller's event loop (the tests use it so).
+:class:`MockProcess` runs the same server in a child process, driven over its
+stdin/stdout, so that its work shares neither the CPU time, the interpreter
+lock nor the event loop of the process under test (the benchmarks use it so).
+
+Run standalone with an echo handler: ``python -m bench.mock_openai --port 8000``
+(``--handler module:attr`` for another, ``--latency 0.5`` for a slow model;
+it prints the address it bound on its first line).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import inspect
 import json
 import logging
 import math
+import os
 import random
+import select
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Self, TextIO
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MockFault", "MockOpenAIServer", "request_mode", "estimate_tokens", "echo_handler"]
+__all__ = ["MockFault", "MockOpenAIServer", "MockProcess", "echo_handler", "estimate_tokens", "load_handler", "request_mode"]
 
 _MAX_HEADER = 64 * 1024
 _REASONS = {
@@ -471,10 +485,313 @@ class MockOpenAIServer:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
 
 
-async def _serve(port: int, latency: float, refuse: set[str], refuse_status: int = 500) -> None:
-    server = MockOpenAIServer(echo_handler, latency=latency, port=port, refuse_modes=refuse, refuse_status=refuse_status)
+# ---- the server in a process of its own -------------------------------------------------------------
+#
+# ``python -m bench.mock_openai --control`` serves until its stdin closes: a benchmark keeps the mock
+# out of the engine's process (its CPU, its interpreter lock, its event loop) and drives it through
+# :class:`MockProcess`. The protocol is one JSON object per line: the child's first stdout line is
+# ``{"ready": true, "port": ..., "base_url": ..., "pid": ...}``, then it answers each command read on
+# stdin (``{"op": "stats" | "reset" | "set" | "burst" | "ping" | "stop", ...}``) with one line on
+# stdout (``{"error": "..."}`` when the command failed). Closing stdin stops it, so does the parent's
+# death (the pipe closes with it), so the child never outlives the bench; it ignores SIGINT (a Ctrl-C
+# in the terminal reaches the whole process group: the parent decides when the mock stops) and stops
+# on SIGTERM.
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_handler(spec: str | None, args: dict[str, Any] | None = None) -> Handler:
+    """The handler named ``module:attr`` (``None``: :func:`echo_handler`).
+
+    A class is instantiated with ``**args``; any other callable is called with ``**args`` to make the
+    handler when ``args`` is given, else used as the handler itself.
+    """
+    if not spec:
+        return echo_handler
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"a handler is named module:attr, not {spec!r}")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    if inspect.isclass(obj) or args is not None:
+        obj = obj(**(args or {}))
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _command(server: MockOpenAIServer, cmd: dict[str, Any]) -> dict[str, Any]:
+    """One control command of the child process, answered with a JSON-ready dict."""
+    op = cmd.get("op")
+    handler: Any = server.handler
+    if op == "ping":
+        return {"ok": True}
+    if op == "stats":
+        out: dict[str, Any] = {
+            "calls": server.calls,
+            "answered": server.answered,
+            "faults": server.faults,
+            "prompt_tokens": server.prompt_tokens,
+            "completion_tokens": server.completion_tokens,
+            "latency": server.latency,
+            "jitter": server.jitter,
+            "burst_left": server.burst_left,
+            "cpu_s": time.process_time(),  # the whole mock process: its server, handler and control channel
+            "handler": handler.stats() if callable(getattr(handler, "stats", None)) else None,
+        }
+        if cmd.get("requests"):
+            out["requests"] = server.requests
+        return out
+    if op == "reset":
+        server.reset()
+        if callable(getattr(handler, "reset", None)):
+            handler.reset()
+        return {"ok": True}
+    if op == "set":
+        if "latency" in cmd:
+            server.latency = max(0.0, float(cmd["latency"]))
+        if "jitter" in cmd:
+            server.jitter = max(0.0, float(cmd["jitter"]))
+        if "refuse_modes" in cmd:
+            server.refuse_modes = set(cmd["refuse_modes"] or ())
+        if "refuse_status" in cmd:
+            server.refuse_status = int(cmd["refuse_status"])
+        return {"ok": True}
+    if op == "burst":
+        server.burst(MockFault(**(cmd.get("fault") or {})), int(cmd.get("count", 1)))
+        return {"ok": True, "burst_left": server.burst_left}
+    if op == "stop":
+        return {"ok": True}
+    raise ValueError(f"unknown command {op!r}")
+
+
+async def _serve_controlled(server: MockOpenAIServer, out: TextIO) -> None:
+    """Serve until stdin closes, a ``stop`` command or SIGTERM; answer the commands read on stdin."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
+        pass
+    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def reply(answer: dict[str, Any]) -> bool:
+        try:
+            out.write(json.dumps(answer, default=str) + "\n")
+            out.flush()
+            return True
+        except (OSError, ValueError):  # the parent is gone
+            return False
+
+    async def control() -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:  # EOF: the parent closed the pipe, or died
+                    return
+                if not line.strip():
+                    continue
+                op = None
+                try:
+                    cmd = json.loads(line)
+                    if not isinstance(cmd, dict):
+                        raise TypeError("a command is a JSON object")
+                    op = cmd.get("op")
+                    answer = _command(server, cmd)
+                except Exception as exc:  # noqa: BLE001 - report it, keep serving
+                    answer = {"error": f"{type(exc).__name__}: {exc}"}
+                if not reply(answer) or op == "stop":
+                    return
+        finally:
+            stop.set()
+
     url = await server.start()
-    print(f"mock OpenAI server on {url} (echo handler); Ctrl-C to stop", flush=True)
+    task = asyncio.ensure_future(control())
+    reply({"ready": True, "port": server.port, "base_url": url, "pid": os.getpid()})
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()
+
+
+class MockProcess:
+    """A :class:`MockOpenAIServer` in a child process (``python -m bench.mock_openai --control``), on 127.0.0.1.
+
+    ``handler`` names the handler to load there (``"module:attr"``, see :func:`load_handler`;
+    ``handler_args`` must be JSON). :meth:`start` returns once the child has bound its port and said
+    so (no polling, no sleeps); :meth:`stats`, :meth:`reset`, :meth:`set` and :meth:`burst` talk to it
+    over its stdin/stdout and block until it answers (call them while nothing is measured);
+    :meth:`stop` closes its stdin and reaps it (SIGTERM, then SIGKILL if it lingers). Use it as a
+    context manager. The child also exits when this process dies, whatever kills it.
+    """
+
+    def __init__(
+        self,
+        handler: str | None = None,
+        handler_args: dict[str, Any] | None = None,
+        *,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 0,
+        refuse_modes: set[str] | frozenset[str] | None = None,
+        refuse_status: int = 500,
+        model: str = "mock-model",
+        start_timeout: float = 60.0,
+        reply_timeout: float = 60.0,
+    ) -> None:
+        self.handler = handler
+        self.handler_args = handler_args
+        self.latency = latency
+        self.jitter = jitter
+        self.seed = seed
+        self.refuse_modes = set(refuse_modes or ())
+        self.refuse_status = refuse_status
+        self.model = model
+        self.start_timeout = start_timeout
+        self.reply_timeout = reply_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self._base_url: str | None = None
+        self._buf = b""
+
+    def argv(self) -> list[str]:
+        cmd = [sys.executable, "-m", "bench.mock_openai", "--control", "--port", "0",
+               "--latency", repr(self.latency), "--jitter", repr(self.jitter), "--seed", str(self.seed),
+               "--refuse-status", str(self.refuse_status), "--model", self.model]
+        for mode in sorted(self.refuse_modes):
+            cmd += ["--refuse", mode]
+        if self.handler:
+            cmd += ["--handler", self.handler]
+        if self.handler_args is not None:
+            cmd += ["--handler-args", json.dumps(self.handler_args)]
+        return cmd
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("MockProcess is not started")
+        return self._base_url
+
+    def start(self) -> str:
+        if self.proc is not None:
+            return self.base_url
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+        self._buf = b""
+        self.returncode = None
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_ROOT, env=env)
+        try:
+            ready = self._read(self.start_timeout)
+            if not ready.get("ready"):
+                raise RuntimeError(f"the mock server process did not start: {ready}")
+        except BaseException:
+            self.stop()
+            raise
+        self.port, self.pid, self._base_url = int(ready["port"]), int(ready["pid"]), str(ready["base_url"])
+        log.debug("mock OpenAI server process %s listening on %s", self.pid, self._base_url)
+        return self._base_url
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        """The child's next stdout line, parsed (raw reads from the pipe: no buffer hides a line from select)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the mock server process said nothing for {timeout:g} s")
+            readable, _, _ = select.select([fd], [], [], left)
+            if not readable:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"the mock server process exited (code {self.proc.wait()})")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        answer = json.loads(line)
+        if not isinstance(answer, dict):
+            raise TypeError(f"the mock server process said {line[:200]!r}")
+        return answer
+
+    def _ask(self, op: str, **kw: Any) -> dict[str, Any]:
+        if self.proc is None or self.proc.stdin is None:
+            raise RuntimeError("MockProcess is not started")
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **kw}).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise RuntimeError(f"the mock server process is gone (code {self.proc.poll()})") from exc
+        answer = self._read(self.reply_timeout)
+        if "error" in answer:
+            raise RuntimeError(f"mock server process: {answer['error']}")
+        return answer
+
+    def stats(self, *, requests: bool = False) -> dict[str, Any]:
+        """The server's counters (``calls``, ``answered``, ``faults``, ``prompt_tokens``,
+        ``completion_tokens``), its ``latency``, the child's CPU seconds (``cpu_s``), the handler's
+        ``stats()`` when it has one (``handler``), and with ``requests`` every received body."""
+        return self._ask("stats", requests=requests)
+
+    def reset(self) -> None:
+        """Zero the counters, forget the requests, and reset the handler when it has a ``reset()``."""
+        self._ask("reset")
+
+    def set(self, **settings: Any) -> None:
+        """Change ``latency``, ``jitter``, ``refuse_modes`` or ``refuse_status`` for the next requests."""
+        self._ask("set", **settings)
+        for name in ("latency", "jitter", "refuse_status"):
+            if name in settings:
+                setattr(self, name, settings[name])
+
+    def burst(self, fault: MockFault, count: int) -> None:
+        """Answer the next ``count`` chat requests with ``fault`` (see :meth:`MockOpenAIServer.burst`)."""
+        self._ask("burst", fault=asdict(fault), count=count)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Close the child's stdin (it stops serving and exits) and reap it; its exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return self.returncode
+        try:
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+            try:
+                self.returncode = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    self.returncode = proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    self.returncode = proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+            self._base_url = None
+        return self.returncode
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+async def _serve(server: MockOpenAIServer, label: str) -> None:
+    url = await server.start()
+    print(f"mock OpenAI server on {url} ({label}); Ctrl-C to stop", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -482,18 +799,34 @@ async def _serve(port: int, latency: float, refuse: set[str], refuse_status: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A local mock of the OpenAI chat-completions API (echo handler).")
+    parser = argparse.ArgumentParser(description="A local mock of the OpenAI chat-completions API, on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = ephemeral)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
+    parser.add_argument("--jitter", type=float, default=0.0, help="up to this many seconds more, at random")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the jitter")
     parser.add_argument(
         "--refuse", action="append", default=[], choices=["json_schema", "json_object", "tool"],
         help="refuse a structured-output mode (repeatable)",
     )
     parser.add_argument("--refuse-status", type=int, default=500, help="HTTP status of a refusal (400 or 500)")
+    parser.add_argument("--model", default="mock-model", help="the model GET /v1/models lists")
+    parser.add_argument("--handler", default=None, help="module:attr of the handler (default: echo the last user message)")
+    parser.add_argument("--handler-args", default=None, help="JSON keyword arguments that make the handler")
+    parser.add_argument("--control", action="store_true",
+                        help="driven by a parent process: JSON lines on stdin/stdout, stop when stdin closes")
     args = parser.parse_args(argv)
+    handler = load_handler(args.handler, json.loads(args.handler_args) if args.handler_args else None)
+    server = MockOpenAIServer(handler, latency=args.latency, jitter=args.jitter, seed=args.seed, port=args.port,
+                              refuse_modes=set(args.refuse), refuse_status=args.refuse_status, model=args.model)
+    if args.control:
+        logging.basicConfig(level=logging.WARNING)  # to stderr: stdout is the control channel
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the mock stops
+        out, sys.stdout = sys.stdout, sys.stderr  # a stray print must not corrupt the channel
+        asyncio.run(_serve_controlled(server, out))
+        return
     logging.basicConfig(level=logging.INFO)
     try:
-        asyncio.run(_serve(args.port, args.latency, set(args.refuse), args.refuse_status))
+        asyncio.run(_serve(server, args.handler or "echo handler"))
     except KeyboardInterrupt:
         pass
 

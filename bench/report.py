@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    cores: int | None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
@@ -105,7 +106,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     cp = results.get("critical_path")
     if cp:
-        for shape, r in cp["cases"].items():
+        for shape, r in cp.get("cases", {}).items():
             ok = r["over_bound_pct"] is not None and r["over_bound_pct"] <= TARGETS["makespan_over_bound_pct"]
             out.append((
                 "critical path", f"{_label(shape)}, {r['latency_s']:g} s/call",
@@ -118,7 +119,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ))
     oh = results.get("overhead")
     if oh:
-        for shape, r in oh["cases"].items():
+        for shape, r in oh.get("cases", {}).items():
             ok = r["cpu_ms_per_call"] is not None and r["cpu_ms_per_call"] < TARGETS["cpu_ms_per_call"]
             out.append((
                 "overhead", f"{_label(shape)}, 0 s/call",
@@ -129,7 +130,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ))
     tk = results.get("tokens")
     if tk:
-        for shape, r in tk["cases"].items():
+        for shape, r in tk.get("cases", {}).items():
             roles = "; ".join(
                 f"{ROLE_NAMES[k]} {v['calls']} calls / {_k(v['prompt_tokens'])} ({_k(v['prompt_tokens_per_call'])} per call)"
                 for k, v in r["by_role"].items()
@@ -143,7 +144,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ))
     sc = results.get("scale")
     if sc:
-        for n, r in sc["cases"].items():
+        for n, r in sc.get("cases", {}).items():
             ok = None
             if int(n) == 100:
                 ok = r["peak_rss_mb"] < TARGETS["scale_100_peak_rss_mb"] and r["loop_lag_max_ms"] < TARGETS["scale_100_loop_lag_ms"]
@@ -158,7 +159,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ))
     mr = results.get("memory_recall")
     if mr:
-        for size, f in mr["sizes"].items():
+        for size, f in mr.get("sizes", {}).items():
             out.append((
                 "memory recall", f"{int(size):,} memories",
                 f"search p50 {f['search_ms_p50']:.1f} ms / p95 {f['search_ms_p95']:.1f} ms; with a where filter p50 "
@@ -225,7 +226,7 @@ def compare(current: dict[str, float], previous: dict[str, float]) -> str:
 def save(document: dict[str, Any], out_dir: Path | None = None) -> Path:
     out = out_dir or RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(document, indent=1, default=str)
     path = out / f"{stamp}.json"
     path.write_text(text, encoding="utf-8")

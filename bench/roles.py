@@ -17,7 +17,10 @@ user message (the objective, the task key). It answers
 - anything else: minimal values filled from the request's JSON schema.
 
 It counts the calls per schema in :attr:`RoleHandler.by_schema` and logs when
-each was answered in :attr:`RoleHandler.log` (for the critical-path timeline).
+each was answered in :attr:`RoleHandler.log` (for the critical-path timeline;
+``time.perf_counter()`` is the system's monotonic clock on Linux, so times
+logged in the mock's own process compare with the bench's), both returned by
+:meth:`RoleHandler.stats`.
 """
 from __future__ import annotations
 
@@ -87,6 +90,15 @@ class RoleHandler:
         self.log: list[tuple[float, str, str]] = []
         self._sim = SimulatedModel("mock")
         self._plans: dict[Shape, dict[str, Any]] = {}
+
+    def stats(self) -> dict[str, Any]:
+        """What it counted, JSON-ready (a :class:`bench.mock_openai.MockProcess` asks its child for it)."""
+        return {"by_schema": dict(self.by_schema), "log": [list(entry) for entry in self.log]}
+
+    def reset(self) -> None:
+        """Forget the counts and the log."""
+        self.by_schema.clear()
+        self.log.clear()
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         name, schema = schema_of(body)

@@ -1,10 +1,13 @@
 """The benchmark scenarios, run through the real engine, database and OpenAI provider.
 
 Only the model server is mocked: :class:`bench.mock_openai.MockOpenAIServer`
-runs on 127.0.0.1 in its own thread (its own event loop, so its work neither
-lags the engine's loop nor counts as the engine's CPU), answering with
-:class:`bench.roles.RoleHandler`. Every run uses a fresh SQLite database in a
-temporary folder, oversight ``autonomous`` and memory disabled.
+on 127.0.0.1, answering with :class:`bench.roles.RoleHandler`. By default
+(``MOCK = "process"``) it runs in a child process (:class:`bench.mock_openai.MockProcess`),
+so its work shares neither the engine's CPU time, nor its interpreter lock, nor
+its event loop; ``MOCK = "thread"`` runs it as before in a thread of the engine's
+process (its own event loop, its CPU subtracted, but the same interpreter lock),
+for comparing the two. Every run uses a fresh SQLite database in a temporary
+folder, oversight ``autonomous`` and memory disabled.
 
 Each ``scenario_*`` coroutine returns a dict of figures plus ``checks``
 (correctness only: every project done, every planned task done, the server's
@@ -23,10 +26,10 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import func, select
 
@@ -34,28 +37,41 @@ from agency.console import ConsoleChat
 from agency.db.tables import LLMCallRow, MessageRow, ProjectRow, TaskRow
 from agency.models import Actor
 from agency.service import AgencyService
-from agency.wiring import build_service, tune_gc
 from agency.settings import load_settings
-from bench.mock_openai import MockOpenAIServer
-from bench.plans import Shape, critical_calls, make_plan, parse_shape, shape_tag, specialists, total_calls
+from agency.wiring import build_service, tune_gc
+from bench.mock_openai import MockOpenAIServer, MockProcess
+from bench.plans import (
+    Shape,
+    critical_calls,
+    make_plan,
+    parse_shape,
+    shape_tag,
+    specialists,
+    total_calls,
+)
 from bench.roles import RoleHandler
 
 # ``python -m bench`` runs each scenario in a fresh process and tunes the collector there as the
 # product does; the smoke test runs in pytest's process and leaves its collector alone
 TUNE_GC = False
+# where the mock server runs: "process" (a child process: a fair comparison) or "thread" (the
+# engine's process, as until December 2026; ``python -m bench --mock thread``)
+MOCK = "process"
+MOCK_MODES = ("process", "thread")
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MockThread",
+    "MOCK",
     "LagTicker",
+    "MockThread",
+    "rss_mb",
     "run_batch",
     "scenario_critical_path",
-    "scenario_overhead",
-    "scenario_tokens",
-    "scenario_scale",
     "scenario_memory_recall",
-    "rss_mb",
+    "scenario_overhead",
+    "scenario_scale",
+    "scenario_tokens",
 ]
 
 AGENCY = "bench"
@@ -65,7 +81,11 @@ ROLES = ("pm", "collaborator", "specialist", "learning")
 
 # -- measuring ---------------------------------------------------------------------------------
 class MockThread:
-    """The mock server on its own thread and event loop; ``cpu_seconds()`` is that thread's CPU time."""
+    """The mock server on its own thread and event loop; ``cpu_seconds()`` is that thread's CPU time.
+
+    It shares the engine's process and interpreter lock (:class:`bench.mock_openai.MockProcess` does
+    not); it has the same ``base_url``, ``stats()``, ``reset()`` and ``set()``.
+    """
 
     def __init__(self, handler: Any, *, latency: float = 0.0, jitter: float = 0.0, seed: int = 0) -> None:
         self.server = MockOpenAIServer(handler, latency=latency, jitter=jitter, seed=seed)
@@ -111,17 +131,36 @@ class MockThread:
         except (AttributeError, OSError):  # pragma: no cover - not Linux
             return 0.0
 
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
     def reset(self) -> None:
-        """Zero the server's counters (call between runs, with nothing in flight)."""
+        """Zero the server's counters and the handler's (call between runs, with nothing in flight)."""
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(_call(self.server.reset), self._loop).result(5)
+        if callable(getattr(self.server.handler, "reset", None)):
+            self.server.handler.reset()  # type: ignore[attr-defined]
+
+    def set(self, *, latency: float) -> None:
+        self.server.latency = latency
+
+    def stats(self) -> dict[str, Any]:
+        """As :meth:`bench.mock_openai.MockProcess.stats`; ``cpu_s`` is the server thread's."""
+        srv, handler = self.server, self.server.handler
+        return {
+            "calls": srv.calls, "answered": srv.answered, "faults": srv.faults,
+            "prompt_tokens": srv.prompt_tokens, "completion_tokens": srv.completion_tokens,
+            "latency": srv.latency, "cpu_s": self.cpu_seconds(),
+            "handler": handler.stats() if callable(getattr(handler, "stats", None)) else None,  # type: ignore[attr-defined]
+        }
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
-    def __enter__(self) -> MockThread:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -249,17 +288,16 @@ async def run_batch(
     lazy imports, creating the agency's members) stay out of the figures.
     """
     shape = parse_shape(shape) if isinstance(shape, str) else shape
-    handler = RoleHandler(shape, output_chars=output_chars)
     with tempfile.TemporaryDirectory(prefix="ateams-bench-") as auto_dir:
         base = Path(tmp_dir) if tmp_dir is not None else Path(auto_dir)
         data_dir = base / f"run-{shape}-{projects}-{time.monotonic_ns()}".replace(":", "_")
         data_dir.mkdir(parents=True, exist_ok=True)
-        with MockThread(handler, latency=latency, jitter=jitter) as mock, _no_config_file(data_dir):
+        with _mock(shape, output_chars, latency, jitter) as mock, _no_config_file(data_dir):
             settings = load_settings(
                 data_dir=data_dir,
                 dry_run=False,
                 log_level="WARNING",
-                llm={"base_url": mock.server.base_url, "mode": mode, "concurrency": llm_concurrency,
+                llm={"base_url": mock.base_url, "mode": mode, "concurrency": llm_concurrency,
                      "timeout_seconds": max(30.0, latency * 10 + 30)},
                 engine={"project_concurrency": project_concurrency or max(4, shape.max_width),
                         "default_oversight": "autonomous"},
@@ -268,9 +306,24 @@ async def run_batch(
             chat = ConsoleChat(quiet=True)
             service = await build_service(settings, chat)  # as the CLI and the bot build it: learning on, memory off
             try:
-                return await _measure(service, chat, mock, handler, shape, projects, latency, warmup, lag, timeout, data_dir)
+                return await _measure(service, chat, mock, shape, projects, latency, warmup, lag, timeout, data_dir)
             finally:
                 await service.close()
+
+
+def _mock(shape: Shape, output_chars: int, latency: float, jitter: float) -> MockProcess | MockThread:
+    """The mock server, answering with :class:`RoleHandler`, where :data:`MOCK` says."""
+    if MOCK == "thread":
+        return MockThread(RoleHandler(shape, output_chars=output_chars), latency=latency, jitter=jitter)
+    if MOCK != "process":
+        raise ValueError(f"MOCK is one of {MOCK_MODES}, not {MOCK!r}")
+    return MockProcess("bench.roles:RoleHandler", {"shape": str(shape), "output_chars": output_chars},
+                       latency=latency, jitter=jitter)
+
+
+def _cpu_here(mock: MockProcess | MockThread) -> float:
+    """The CPU time the mock spent inside this process (to leave out of the engine's)."""
+    return mock.cpu_seconds() if isinstance(mock, MockThread) else 0.0
 
 
 async def _run_projects(service: AgencyService, shape: Shape, n: int, timeout: float, timing: dict[str, float] | None = None) -> list[int]:
@@ -313,18 +366,17 @@ async def _run_projects(service: AgencyService, shape: Shape, n: int, timeout: f
 _WAITING = ("blocked", "paused", "awaiting_approach", "awaiting_plan")
 
 
-async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, handler: RoleHandler, shape: Shape,
+async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockProcess | MockThread, shape: Shape,
                    n: int, latency: float, warmup: bool, lag: bool, timeout: float, data_dir: Path) -> dict[str, Any]:
     await service.ensure_agency(AGENCY, "Benchmark agency")
     await service.start()
     if warmup:  # one project of the same shape at 0 latency: also creates the agency's members
-        latency_was, mock.server.latency = mock.server.latency, 0.0
+        mock.set(latency=0.0)
         await _run_projects(service, shape, 1, timeout)
-        mock.server.latency = latency_was
+        mock.set(latency=latency)
         await service.settle()  # the due status updates posted, the outbox delivered
-        mock.reset()
-        handler.by_schema.clear()
-        handler.log.clear()
+        mock.reset()  # its counters and the handler's
+    mock_cpu0 = mock.stats()["cpu_s"]
     if TUNE_GC:
         tune_gc()  # as the terminal and the bot do once started
     else:
@@ -334,20 +386,22 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
     ticker = LagTicker()
     if lag:
         ticker.start()
-    cpu0, srv0, t0, wall0 = time.process_time(), mock.cpu_seconds(), time.perf_counter(), time.time()
+    cpu0, srv0, t0, wall0 = time.process_time(), _cpu_here(mock), time.perf_counter(), time.time()
     timing: dict[str, float] = {}
     pids = await _run_projects(service, shape, n, timeout, timing)
     runners_s = time.perf_counter() - t0  # the runners end after the Learning Manager's evaluations
-    cpu_done = time.process_time() - cpu0 - (mock.cpu_seconds() - srv0)
+    cpu_done = time.process_time() - cpu0 - (_cpu_here(mock) - srv0)
     # the outbox and the status message still have work: count it, it is orchestration
     t1 = time.perf_counter()
     await service.settle()  # the due status updates posted, the outbox delivered
     drain_s = time.perf_counter() - t1
-    cpu_all = time.process_time() - cpu0 - (mock.cpu_seconds() - srv0)
+    cpu_all = time.process_time() - cpu0 - (_cpu_here(mock) - srv0)
     await ticker.stop()
     peak = peak_rss_mb()
 
-    srv = mock.server
+    srv = mock.stats()
+    counted = srv["handler"] or {}
+    by_schema: dict[str, int] = counted.get("by_schema", {})
     async with service.db.session() as s:
         prows = list((await s.execute(select(ProjectRow).where(ProjectRow.id.in_(pids)))).scalars())
         statuses = {p.id: p.status for p in prows}
@@ -382,10 +436,10 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
     checks = {
         "projects_done": all(statuses.get(p) == "done" for p in pids),
         "tasks_done_equal_planned": done_tasks == all_tasks == n_tasks * n,
-        "server_calls_equal_recorded_calls": srv.calls == rows == srv.answered,
+        "server_calls_equal_recorded_calls": srv["calls"] == rows == srv["answered"],
         "calls_equal_expected": rows == expected_calls,
-        "every_specialist_evaluated": handler.by_schema.get("Evaluation", 0) == by_role["learning"]["calls"] == evaluations,
-        "server_tokens_equal_recorded_tokens": srv.prompt_tokens == prompt and srv.completion_tokens == completion,
+        "every_specialist_evaluated": by_schema.get("Evaluation", 0) == by_role["learning"]["calls"] == evaluations,
+        "server_tokens_equal_recorded_tokens": srv["prompt_tokens"] == prompt and srv["completion_tokens"] == completion,
         "every_call_ok": bad_outcomes == 0,
         "outbox_drained": pending_out == 0,
     }
@@ -405,7 +459,7 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         "over_bound_pct": round((makespan / bound - 1) * 100, 2) if bound else None,
         "over_bound_s": round(makespan - bound, 3),
         "model_calls": rows,
-        "server_calls": srv.calls,
+        "server_calls": srv["calls"],
         "expected_calls": expected_calls,
         "cpu_s": round(cpu_all, 3),
         "cpu_s_until_done": round(cpu_done, 3),
@@ -418,11 +472,13 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
         "max_in_flight": max((st.max_in_flight for st in stats if st), default=0),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "server_prompt_tokens": srv.prompt_tokens,
-        "server_completion_tokens": srv.completion_tokens,
+        "server_prompt_tokens": srv["prompt_tokens"],
+        "server_completion_tokens": srv["completion_tokens"],
         "task_calls": task_calls,
         "by_role": by_role,
-        "by_schema": dict(handler.by_schema),
+        "by_schema": dict(by_schema),
+        "mock": "thread" if isinstance(mock, MockThread) else "process",
+        "mock_cpu_s": round(srv["cpu_s"] - mock_cpu0, 3),  # the server's own CPU (never the engine's)
         "rss_start_mb": round(rss0, 1),
         "peak_rss_mb": round(peak, 1),
         "db_mb": round(db_mb, 2),
@@ -432,7 +488,7 @@ async def _measure(service: AgencyService, chat: ConsoleChat, mock: MockThread, 
     if failed:
         result["failed_projects"] = failed
     if n == 1 and result["ok"]:
-        result["critical_path_gaps_ms"] = _gaps(handler.log, path, t0, t0 + makespan, latency)
+        result["critical_path_gaps_ms"] = _gaps([tuple(e) for e in counted.get("log", [])], path, t0, t0 + makespan, latency)
     if lag:
         result.update(ticker.figures())
     return result
@@ -463,14 +519,14 @@ def _gaps(log: list[tuple[float, str, str]], path: list[str], start: float, end:
 
 
 # -- scenarios -----------------------------------------------------------------------------------
-FULL = {
+FULL: dict[str, dict[str, Any]] = {
     "critical_path": {"shapes": ["aggregate:8", "layered:4x3"], "latency": 0.5},
     "overhead": {"shapes": ["aggregate:8", "layered:4x3"]},
     "tokens": {"shapes": ["aggregate:8", "layered:4x3"]},
     "scale": {"projects": [1, 10, 100], "shape": "aggregate:2", "latency": 0.05},
     "memory_recall": {"sizes": [1000, 10000], "queries": 50},
 }
-QUICK = {
+QUICK: dict[str, dict[str, Any]] = {
     "critical_path": {"shapes": ["aggregate:2"], "latency": 0.05},
     "overhead": {"shapes": ["aggregate:2"]},
     "tokens": {"shapes": ["aggregate:2"]},
@@ -546,7 +602,7 @@ async def scenario_memory_recall(sizes: list[int], queries: int = 50, tmp_dir: s
     return {**figures, "checks": checks, "ok": all(checks.values())}
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
     "critical_path": scenario_critical_path,
     "overhead": scenario_overhead,
     "tokens": scenario_tokens,

@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
-from bench.mock_openai import MockFault, MockOpenAIServer, estimate_tokens, request_mode
+from bench.mock_openai import MockFault, MockOpenAIServer, MockProcess, estimate_tokens, request_mode
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _ask(client: openai.AsyncOpenAI, text: str, **kw: Any) -> Any:
@@ -91,3 +102,109 @@ async def test_plain_path_and_models_endpoint() -> None:
         async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as client2:
             models = await client2.models.list()
         assert [m.id for m in models.data] == ["mock-model"]
+
+
+# -- the server in a process of its own (what the benchmarks use) ---------------------------------------
+
+def _exits_within(pid: int, timeout: float) -> bool:
+    """True once process ``pid`` (not necessarily our child) has exited; waits on a pidfd, no polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+async def test_process_mode_counts_controls_and_stops() -> None:
+    with MockProcess("bench.roles:RoleHandler", {"shape": "aggregate:2"}, latency=0.05) as mock:
+        assert mock.base_url.startswith("http://127.0.0.1:") and mock.pid != os.getpid()
+        client = openai.AsyncOpenAI(base_url=mock.base_url, api_key="k", max_retries=0, timeout=10)
+        try:
+            replies = await asyncio.gather(*(_ask(client, f"question {i}") for i in range(4)))
+            stats = mock.stats(requests=True)
+            assert stats["calls"] == stats["answered"] == 4 and stats["latency"] == 0.05
+            assert stats["prompt_tokens"] == sum(r.usage.prompt_tokens for r in replies)
+            assert stats["completion_tokens"] == sum(r.usage.completion_tokens for r in replies)
+            assert sorted(b["messages"][0]["content"] for b in stats["requests"]) == [f"question {i}" for i in range(4)]
+            assert stats["handler"]["by_schema"] == {"?": 4} and len(stats["handler"]["log"]) == 4
+            assert stats["cpu_s"] > 0
+
+            mock.set(latency=0.0)
+            mock.burst(MockFault(status=503), 1)
+            try:
+                await _ask(client, "x")
+            except openai.InternalServerError as exc:
+                assert exc.status_code == 503
+            else:
+                raise AssertionError("expected the burst's 503")
+            mock.reset()
+            stats = mock.stats()
+            assert stats["calls"] == stats["prompt_tokens"] == 0 and stats["latency"] == 0.0
+            assert stats["handler"] == {"by_schema": {}, "log": []}
+        finally:
+            await client.close()
+        pid = mock.pid
+    assert mock.returncode == 0 and mock.proc is None
+    assert pid is not None and _exits_within(pid, 5)
+
+
+def test_process_ignores_ctrl_c_and_reports_bad_commands() -> None:
+    """A Ctrl-C reaches the whole process group: the parent, not the mock, decides when it stops."""
+    with MockProcess() as mock:
+        assert mock.pid is not None
+        os.kill(mock.pid, signal.SIGINT)
+        assert mock._ask("ping") == {"ok": True}
+        with pytest.raises(RuntimeError, match="unknown command"):
+            mock._ask("nope")
+    assert mock.returncode == 0
+
+
+def test_process_bad_handler_fails_fast() -> None:
+    mock = MockProcess("bench.no_such_module:handler")
+    with pytest.raises(RuntimeError, match="exited"):
+        mock.start()
+    assert mock.proc is None and mock.returncode not in (None, 0)
+
+
+def test_process_dies_with_its_parent() -> None:
+    """The mock exits when the process that started it is killed outright (no orphan)."""
+    code = (
+        "import sys\n"
+        "from bench.mock_openai import MockProcess\n"
+        "m = MockProcess(latency=0.5).__enter__()\n"
+        "print(m.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    try:
+        assert parent.stdout is not None
+        mock_pid = int(parent.stdout.readline())
+        assert not _exits_within(mock_pid, 0)
+        parent.kill()
+        parent.wait(10)
+        assert _exits_within(mock_pid, 10)
+    finally:
+        parent.kill()
+        parent.wait(10)
+
+
+def test_standalone_prints_its_address_first() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.mock_openai", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:(\d+)/v1", first)
+        assert url, first
+        with socket.create_connection(("127.0.0.1", int(url.group(1))), timeout=5):
+            pass
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)

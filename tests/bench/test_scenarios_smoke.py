@@ -13,7 +13,7 @@ from agency.llm.base import ModelRequest
 from agency.llm.openai import OpenAIModel
 from agency.roles import collaborator, specialist
 from agency.schemas import AgentTurn, Review, WorkPlan
-from bench import report
+from bench import report, scenarios
 from bench.plans import critical_calls, make_plan, parse_shape, shape_from_text, shape_tag, specialists, total_calls
 from bench.roles import RoleHandler, schema_of
 from bench.scenarios import QUICK, SCENARIOS
@@ -90,3 +90,13 @@ async def test_memory_recall_quick(tmp_path: Path) -> None:
     assert r["ok"], r["checks"]
     for f in r["sizes"].values():
         assert f["search_ms_p50"] <= f["search_ms_p95"]
+
+
+@pytest.mark.parametrize("mock", ["process", "thread"])
+async def test_mock_in_its_own_process_or_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock: str) -> None:
+    """``python -m bench`` runs the mock in a child process (default) or, for comparison, in a thread."""
+    monkeypatch.setattr(scenarios, "MOCK", mock)
+    r = await scenarios.run_batch("aggregate:1", latency=0.01, tmp_dir=tmp_path, warmup=True)
+    _check_batch(r)
+    assert r["mock"] == mock and r["critical_path_gaps_ms"]
+    assert r["mock_cpu_s"] > 0
