@@ -1,18 +1,31 @@
-"""The ``ateams`` command line."""
+"""The ``ateams`` command line.
+
+Every failure a user can cause (a bad option, an unknown project, a settings
+file that cannot be read, a database URL or folder that cannot be used, a
+damaged database) ends with one message saying what is wrong and what to do,
+and a non-zero exit status: 2 for a bad invocation or setting, 1 for a command
+that could not be done. No traceback is shown; ``ATEAMS_LOG_LEVEL=DEBUG`` logs
+one for an unexpected error.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import sys
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
-from agency.errors import AgencyError
+from agency.errors import AgencyError, NotFoundError
 from agency.schemas import OVERSIGHT_LEVELS
 
 app = typer.Typer(help="A-TEAMs: an AI agency in your Discord server, or in your terminal.", no_args_is_help=True,
@@ -22,20 +35,167 @@ app.add_typer(db_app, name="db")
 err = Console(stderr=True)
 log = logging.getLogger(__name__)
 
+_DATA_DIR_FIX = "Choose a folder you can write to with --data-dir (or ATEAMS_DATA_DIR, or data_dir in config.toml)."
 
-def _settings(**overrides):  # noqa: ANN202
+
+def _say_error(message: str, fix: str = "") -> None:
+    err.print(f"[red]{escape(message)}[/red]" + (f" {escape(fix)}" if fix else ""), soft_wrap=True)
+
+
+def _stop(message: str, fix: str = "", *, code: int = 1) -> NoReturn:
+    _say_error(message, fix)
+    raise typer.Exit(code)
+
+
+def _config_path() -> Path:
+    return Path(os.environ.get("ATEAMS_CONFIG", "config.toml"))
+
+
+def _settings(**overrides):
     from agency.settings import load_settings
 
+    path = _config_path()
+    if path.exists() and not path.is_file():
+        _stop(f"The settings file {path} is a folder, not a file.",
+              "Point ATEAMS_CONFIG at a TOML file (see config.example.toml), or unset it.", code=2)
     try:
         return load_settings(**overrides)
     except AgencyError as e:
-        err.print(f"[red]{e.user_message}[/red]")
-        raise typer.Exit(2) from None
+        _stop(e.user_message, code=2)
+    except OSError as e:
+        _stop(f"Cannot read the settings file {path}: {e.strerror or e}.",
+              "Make it readable, or point ATEAMS_CONFIG at another TOML file (see config.example.toml).", code=2)
+    except UnicodeDecodeError:
+        _stop(f"The settings file {path} is not UTF-8 text.", "Save it as UTF-8 TOML (see config.example.toml).", code=2)
 
 
-def _fail(e: AgencyError) -> None:
-    err.print(f"[red]{e.user_message}[/red]")
-    raise typer.Exit(1)
+def _fail(e: AgencyError, fix: str = "") -> NoReturn:
+    _stop(e.user_message, fix)
+
+
+def _db_where(url: str) -> str:
+    """The database for a message: the file of an SQLite URL, else the URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite":
+            return u.database or ":memory:"
+        return u.render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(the configured database URL)"
+
+
+def _explain(e: BaseException, settings: Any) -> tuple[str, str]:
+    """(what went wrong, what to do) for an exception no command handles itself."""
+    from sqlalchemy import exc as sa
+
+    url = getattr(settings, "db_url", "") if settings is not None else ""
+    where = _db_where(url) if url else "the database"
+    fix_url = "Check database_url in config.toml (or ATEAMS_DATABASE_URL), e.g. sqlite+aiosqlite:///.ateams/ateams.db."
+    if isinstance(e, (sa.NoSuchModuleError, sa.ArgumentError)):
+        return f"The database URL cannot be used: {str(e).splitlines()[0]}.", fix_url
+    if isinstance(e, ModuleNotFoundError):
+        return (f"The Python module {e.name!r} is not installed (the configured database needs it).",
+                f"Install it (pip install {e.name}) or change the database URL. {fix_url}")
+    if isinstance(e, sa.DBAPIError):
+        reason = str(e.orig).splitlines()[0] if e.orig is not None else str(e).splitlines()[0]
+        low = reason.lower()
+        if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+            return (f"{where} is not an A-TEAMs database, or it is damaged ({reason}).",
+                    "Restore it from a backup, or use another folder with --data-dir (or ATEAMS_DATA_DIR).")
+        if "unable to open" in low or "readonly" in low or "read-only" in low:
+            return f"Cannot open the database {where} for writing ({reason}).", _DATA_DIR_FIX
+        return f"The database {where} failed: {reason}.", fix_url
+    if isinstance(e, OSError):
+        name = e.filename or ""
+        return (f"Cannot use {name}: {e.strerror or e}." if name else f"A file operation failed: {e}.",
+                "Check the folders given with --data-dir and --out (or ATEAMS_DATA_DIR): they must be folders you can write to.")
+    first = (str(e).splitlines() or [""])[0]
+    return (f"Unexpected error: {type(e).__name__}: {first}".rstrip(": ") + ".",
+            "Run again with ATEAMS_LOG_LEVEL=DEBUG to log the details, and report it if it persists.")
+
+
+@contextmanager
+def _guard(settings: Any = None, *, not_found: str = "") -> Iterator[None]:
+    """Turn every failure of a command into a message and an exit status (never a traceback)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except NotFoundError as e:
+        _fail(e, not_found)
+    except AgencyError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print("Interrupted; the project is saved and resumes on the next start.")
+        raise typer.Exit(130) from None
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            raise
+        log.debug("command failed", exc_info=True)
+        message, fix = _explain(e, settings)
+        _stop(message, fix)
+
+
+def _writable_dir(path: Path, what: str, fix: str) -> None:
+    """Make ``path`` (and its parents) and check a file can be written there; else stop with ``fix``."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        _stop(f"Cannot use {path} as {what}: {blocker} is a file, not a folder.", fix, code=2)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        _stop(f"Cannot use {path} as {what}: {e.strerror or e}.", fix, code=2)
+
+
+def _existing_database(settings: Any, fix: str = "") -> None:
+    """Commands that read what earlier runs left: stop if an SQLite database file is not there (never make one)."""
+    from sqlalchemy.engine import make_url
+
+    with _guard(settings):
+        url = make_url(settings.db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = Path(url.database)
+    if not path.is_file():
+        _stop(f"There is no database at {path}: nothing has run with this data folder yet.",
+              fix or "Point --data-dir (or ATEAMS_DATA_DIR) at the folder of your earlier runs.")
+
+
+def _not_found_fix(settings: Any) -> str:
+    return (f"Projects are numbered from 1 in each data folder; this is {settings.data_dir}. "
+            "Check the number, or point --data-dir (or ATEAMS_DATA_DIR) at another folder.")
+
+
+def _check_request(objective: str, oversight: str, budget: float | None) -> None:
+    """The project request, checked before anything starts (the same rules the service applies)."""
+    from pydantic import ValidationError
+
+    from agency.schemas import ProjectRequest
+
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        _stop(f"--budget must be a positive number of US dollars, not {budget:g}.", "For example --budget 2.50.", code=2)
+    try:
+        ProjectRequest.model_validate({"objective": objective.strip(), "oversight": oversight, "budget_usd": budget})
+    except ValidationError as e:
+        for problem in e.errors():
+            field = problem["loc"][0] if problem["loc"] else ""
+            msg = str(problem["msg"]).removeprefix("Value error, ")
+            if field == "objective":
+                kind = problem["type"]
+                what = ("is empty" if not objective.strip() else
+                        "is too short" if kind == "string_too_short" else
+                        "is too long (at most 4000 characters)" if kind == "string_too_long" else
+                        "is not a sentence")
+                _stop(f"The objective {what}.", 'Describe what the agency should achieve in a sentence of a few words, '
+                      'e.g. ateams run "Write a one-page brief on rainwater harvesting".', code=2)
+            _stop(f"Cannot start the project: {field}: {msg}.", code=2)
 
 
 @app.command()
@@ -52,7 +212,7 @@ def run(
     """Run a whole project in the terminal and write the deliverable to a Markdown file."""
     from agency.logs import configure_logging
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     if dry_run:
@@ -60,15 +220,13 @@ def run(
     settings = _settings(**overrides)
     configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
     if oversight is not None and oversight not in OVERSIGHT_LEVELS:
-        err.print(f"[red]--oversight must be one of {', '.join(OVERSIGHT_LEVELS)}, not {oversight!r}.[/red]")
-        raise typer.Exit(2)
-    try:
-        code = asyncio.run(_run(settings, objective, oversight or settings.engine.default_oversight, auto_approve, out, budget, quiet))
-    except AgencyError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        err.print("Interrupted; the project is saved and resumes on the next start.")
-        raise typer.Exit(130) from None
+        _stop(f"--oversight must be one of {', '.join(OVERSIGHT_LEVELS)}, not {oversight!r}.", code=2)
+    oversight = oversight or settings.engine.default_oversight
+    _check_request(objective, oversight, budget)
+    _writable_dir(Path(settings.data_dir), "the data folder", _DATA_DIR_FIX)
+    _writable_dir(out, "the deliverables folder", "Choose a folder you can write to with --out.")
+    with _guard(settings):
+        code = asyncio.run(_run(settings, objective.strip(), oversight, auto_approve, out, budget, quiet))
     raise typer.Exit(code)
 
 
@@ -108,14 +266,17 @@ def resume(
 
     settings = _settings(**({"data_dir": data_dir} if data_dir is not None else {}))
     configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    try:
+    if project < 1:
+        _stop(f"There is no project #{project}.", _not_found_fix(settings), code=2)
+    _existing_database(settings)
+    _writable_dir(Path(settings.data_dir), "the data folder", _DATA_DIR_FIX)
+    _writable_dir(out, "the deliverables folder", "Choose a folder you can write to with --out.")
+    with _guard(settings, not_found=_not_found_fix(settings)):
         code = asyncio.run(_run(settings, None, settings.engine.default_oversight, auto_approve, out, None, quiet, project_id=project))
-    except AgencyError as e:
-        _fail(e)
     raise typer.Exit(code)
 
 
-async def _run(settings, objective, oversight, auto_approve, out, budget, quiet, project_id=None) -> int:  # noqa: ANN001
+async def _run(settings, objective, oversight, auto_approve, out, budget, quiet, project_id=None) -> int:
     from agency.console import ConsoleChat, run_console_project
     from agency.service import AgencyService
     from agency.wiring import build_service
@@ -123,6 +284,12 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet,
     con = Console()
     chat = ConsoleChat(console=con, quiet=quiet)
     service: AgencyService = await build_service(settings, chat)
+    if project_id is not None:
+        try:
+            await service.project(project_id)  # an unknown number stops here, before anything is printed
+        except BaseException:
+            await service.close()
+            raise
     from agency.wiring import tune_gc
 
     tune_gc()
@@ -152,7 +319,7 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet,
         if not closed:
             await service.close()
     if path is not None:
-        con.print(f"[bold green]Project #{pid} {status}.[/bold green] Deliverable: {path}", soft_wrap=True)
+        con.print(f"[bold green]Project #{pid} {status}.[/bold green] Deliverable: {escape(str(path))}", soft_wrap=True)
         return 0
     con.print(f"[bold red]Project #{pid} ended {status}[/bold red] without a deliverable.")
     return 1
@@ -162,9 +329,12 @@ async def _run(settings, objective, oversight, auto_approve, out, budget, quiet,
 def bot() -> None:
     """Run the Discord bot (needs DISCORD_TOKEN in the environment)."""
     settings = _settings()
-    from bot.__main__ import main as bot_main
+    _writable_dir(Path(settings.data_dir), "the data folder", _DATA_DIR_FIX)
+    with _guard(settings):
+        from bot.__main__ import main as bot_main
 
-    sys.exit(bot_main(settings))
+        code = bot_main(settings)
+    raise typer.Exit(code)
 
 
 @db_app.command("upgrade")
@@ -175,10 +345,12 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     settings = _settings()
     try:
         upgrade_sync(settings.db_url, revision)
-    except Exception as e:  # a bad URL, an unreachable server, a read-only folder
-        err.print(f"[red]Could not upgrade the database: {type(e).__name__}: {str(e).splitlines()[0]}[/red]\n"
-                  "Check `database_url` / `data_dir` in config.toml (or ATEAMS_DATABASE_URL / ATEAMS_DATA_DIR).")
-        raise typer.Exit(1) from None
+    except Exception as e:  # a bad URL, an unreachable server, a read-only folder, a damaged file, an unknown revision
+        log.debug("upgrade failed", exc_info=True)
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        _stop(f"Could not upgrade the database {_db_where(settings.db_url)}: {reason}",
+              "Check database_url / data_dir in config.toml (or ATEAMS_DATABASE_URL / ATEAMS_DATA_DIR)"
+              + (", and the revision (default: head)." if revision != "head" else "."))
     Console().print(f"Database at {settings.db_url.split('///')[-1] if settings.db_url.startswith('sqlite') else '(configured URL)'} is at {revision}.", soft_wrap=True)
 
 
@@ -190,12 +362,12 @@ app.add_typer(models_app, name="models")
 _DATA_DIR_HELP = "Where the database lives (default: .ateams, or data_dir in config.toml)."
 
 
-def _settings_at(data_dir: Optional[Path]):  # noqa: ANN202
+def _settings_at(data_dir: Optional[Path]):
     return _settings(**({"data_dir": data_dir} if data_dir is not None else {}))
 
 
 @asynccontextmanager
-async def _open_db(settings):  # noqa: ANN001, ANN202
+async def _open_db(settings):
     """The agency's database, upgraded, closed on the way out."""
     from agency.db.session import Database
 
@@ -226,7 +398,9 @@ def models_report(
         th = ", ".join(f"{k} >= {v}" for k, v in settings.routing.thresholds.items())
         con.print(f"Thresholds: {th or 'none'} (weighted score 1-5); escalation after {settings.routing.escalate_after_revisions} revisions.")
 
-    asyncio.run(go())
+    _existing_database(settings)
+    with _guard(settings):
+        asyncio.run(go())
 
 
 @app.command()
@@ -243,8 +417,7 @@ def cost(
     async def go() -> int:
         async with _open_db(settings) as db, db.session() as s:
             if await s.get(ProjectRow, project) is None:
-                err.print(f"[red]There is no project #{project}.[/red]")
-                return 1
+                raise NotFoundError(f"There is no project #{project}.")
             b = await project_costs(s, project)
         con = Console()
         for t in cost_tables(b):
@@ -252,7 +425,10 @@ def cost(
         con.print(render_costs(b))
         return 0
 
-    raise typer.Exit(asyncio.run(go()))
+    _existing_database(settings)
+    with _guard(settings, not_found=_not_found_fix(settings)):
+        code = asyncio.run(go())
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -274,10 +450,13 @@ def audit(
             with out.open("w", encoding="utf-8") as fh:
                 return await write_audit(db, project, fh)
 
-    try:
+    _existing_database(settings)
+    if out is not None:
+        if out.exists() and not out.is_file():
+            _stop(f"--out {out} is a folder.", "Give the path of a file to write, e.g. --out audit.jsonl.", code=2)
+        _writable_dir(out.parent, "the folder of --out", "Choose a file in a folder you can write to with --out.")
+    with _guard(settings, not_found=_not_found_fix(settings)):
         n = asyncio.run(go())
-    except AgencyError as e:
-        _fail(e)
     if out is not None:
         err.print(f"{n} records written to {out}")
 
@@ -294,10 +473,11 @@ def replay(
 
     settings = _settings_at(data_dir)
     configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    try:
+    if not (math.isfinite(timeout) and timeout > 0):
+        _stop(f"--timeout must be a positive number of seconds, not {timeout:g}.", code=2)
+    _existing_database(settings)
+    with _guard(settings, not_found=_not_found_fix(settings)):
         result = asyncio.run(replay_project(settings, settings.db_url, project, timeout=timeout))
-    except AgencyError as e:
-        _fail(e)
     con = Console()
     con.print(result.render(), style="green" if result.ok else "red")
     for d in result.divergences[1:10]:
