@@ -328,7 +328,7 @@ async def _auto_decide(service: Any, con: Console, approval_id: int) -> None:
     try:
         result = await service.decide(approval_id, True, DIRECTOR)
         con.print(f"[yellow]Director (auto-approve): {_said(result)}[/yellow]")
-    except Exception as e:  # already decided, superseded, project ended
+    except Exception as e:  # noqa: BLE001 - already decided, superseded, project ended: say so and go on
         con.print(f"[dim]{_said(getattr(e, 'user_message', str(e)))}[/dim]")
 
 

@@ -40,7 +40,7 @@ from agency.llm.base import ModelReply, ModelRequest, StructuredMode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenAIModel", "AUTO_ORDER", "parse_retry_after", "refuses_mode"]
+__all__ = ["AUTO_ORDER", "OpenAIModel", "parse_retry_after", "refuses_mode"]
 
 AUTO_ORDER: tuple[StructuredMode, ...] = ("json_schema", "json_object", "tool")
 _MODES = frozenset(get_args(StructuredMode))
@@ -50,12 +50,12 @@ _MAX_SERVER_MESSAGE = 300
 _REFUSAL_STATUSES = frozenset({400, 422})
 # the request fields each mode sends: a refusal names one of them (in the error's ``param`` or its message)
 _MODE_FIELDS: dict[StructuredMode, re.Pattern[str]] = {
-    "json_schema": re.compile(r"response[ _-]?format|json[ _-]?schema", re.I),
-    "json_object": re.compile(r"response[ _-]?format|json[ _-]?object", re.I),
-    "tool": re.compile(r"\btools\b|tool[ _-]?choice|tool[ _-]?call(?:s|ing)?\b|function[ _-]?call(?:s|ing)?\b", re.I),
+    "json_schema": re.compile(r"response[ _-]?format|json[ _-]?schema", re.IGNORECASE),
+    "json_object": re.compile(r"response[ _-]?format|json[ _-]?object", re.IGNORECASE),
+    "tool": re.compile(r"\btools\b|tool[ _-]?choice|tool[ _-]?call(?:s|ing)?\b|function[ _-]?call(?:s|ing)?\b", re.IGNORECASE),
 }
 # a request too long for the model names its parts ("... 1000 in the functions"); it is never a refusal of a mode
-_NOT_A_REFUSAL = re.compile(r"context[ _-]?length|maximum context|too many tokens|max_tokens", re.I)
+_NOT_A_REFUSAL = re.compile(r"context[ _-]?length|maximum context|too many tokens|max_tokens", re.IGNORECASE)
 
 
 def refuses_mode(mode: StructuredMode, status: int, detail: str, param: str | None = None) -> bool:

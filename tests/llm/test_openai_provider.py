@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import logging
 import time
@@ -441,7 +442,7 @@ async def test_a_500_burst_is_retried_with_backoff_and_the_mode_stays(
         assert server.burst_left == 0
         assert [request_mode(b) for b in server.requests] == ["json_schema"] * 4  # three 500s, then the answer
         assert m.active_mode == "json_schema"  # the outage changed nothing
-        gaps = [b - a for a, b in zip(loop_stamps, loop_stamps[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(loop_stamps)]
         assert len(gaps) == 3 and all(g >= 0.04 for g in gaps), gaps  # each retry waited for its backoff
     finally:
         await db.dispose()
@@ -512,8 +513,8 @@ async def test_a_400_whose_param_is_tools_switches_from_the_tool_mode(server: Mo
 @pytest.mark.parametrize(
     ("message", "param"),
     [
-        ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens "
-         "(8000 in the messages, 1000 in the functions). Please reduce the length of the messages.", "messages"),
+        (("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens "
+          "(8000 in the messages, 1000 in the functions). Please reduce the length of the messages."), "messages"),
         ("temperature must be between 0 and 2", None),
         ("context_length_exceeded: the prompt plus response_format is too long", None),
     ],
