@@ -47,6 +47,7 @@ from sqlalchemy.orm import aliased
 
 from agency.db.session import Database
 from agency.db.tables import AgencyRow, MessageRow, SpaceRow, TZDateTime, utcnow
+from agency.engine.leases import gone, process_owner
 from agency.ports import (
     ChatPort,
     DeliveryPermanentError,
@@ -62,6 +63,7 @@ BACKOFF_BASE_SECONDS = 1.0  # the first retry comes after 0.5-1 s, then doubling
 BACKOFF_CAP_SECONDS = 300.0  # never more than 5 minutes between two attempts
 REDELIVER_SECONDS = 300.0  # undeliverable messages are tried again this often (and on the adapter's hints)
 MAX_SPACES = 16  # sends in flight at once, one per space
+CLAIM_TTL = timedelta(seconds=60)  # a message claimed by a process that stopped answering is free again after this
 NOTICE_PERSONA = "A-TEAMs"
 SpaceKey = tuple[int, str]  # (agency id, address)
 
@@ -132,6 +134,7 @@ class OutboxDispatcher:
                  rng: random.Random | None = None) -> None:
         self.db = db
         self.chat = chat
+        self.owner = process_owner()  # this process's name in the messages it claims
         self.ready = ready or asyncio.Event()
         self.poll_seconds = poll_seconds
         # after a wake, wait until the engine has been quiet for ``quiet_seconds`` (at most ``max_gather_seconds``):
@@ -303,6 +306,8 @@ class OutboxDispatcher:
                 await self._pace(key)
                 if self._stopping:
                     return
+                if not await self._claim(row, current):
+                    return  # another live process is sending this space's head; order is kept by never skipping it
                 async with self._slots:
                     if self._stopping:
                         return
@@ -311,6 +316,22 @@ class OutboxDispatcher:
             if self._workers.get(key) is asyncio.current_task():
                 del self._workers[key]
             self._recheck.discard(key)
+
+    async def _claim(self, row: MessageRow, now: datetime) -> bool:
+        """Claim the message for this process before sending it, so that two processes delivering from one
+        database never send one message: a conditional update on the claim it was seen with (free, ours,
+        expired, or held by a process of this machine that is gone)."""
+        free = (row.claimed_by is None or row.claimed_by == self.owner or gone(row.claimed_by)
+                or (row.claim_expires_at is not None and row.claim_expires_at < now))
+        if not free:
+            return False
+        seen = MessageRow.claimed_by.is_(None) if row.claimed_by is None else MessageRow.claimed_by == row.claimed_by
+        async with self.db.session() as s:
+            n = (await s.execute(update(MessageRow).where(MessageRow.id == row.id, MessageRow.status == _M.PENDING, seen)
+                                 .values(claimed_by=self.owner, claim_expires_at=now + CLAIM_TTL)
+                                 .execution_options(synchronize_session=False))).rowcount  # type: ignore[attr-defined]
+            await s.commit()
+        return bool(n)
 
     async def _pace(self, key: SpaceKey) -> None:
         if not self.pace_limits:

@@ -94,9 +94,10 @@ class RunFlags:
     def __init__(self) -> None:
         self.stopping = False
         self.halting: set[int] = set()
+        self.lost: set[int] = set()  # projects whose lease another process took: this one stops running them
 
     def halted(self, pid: int) -> bool:
-        return self.stopping or pid in self.halting
+        return self.stopping or pid in self.halting or pid in self.lost
 
 
 class Core:

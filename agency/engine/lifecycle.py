@@ -27,6 +27,7 @@ from agency.engine import tasks as task_moves
 from agency.engine.base import LOCK_RETRIES, Changes, Core, ProjectHook, ProjectPaused, Recall, RunFlags, is_lock_timeout, log
 from agency.engine.decisions import Decisions, Handler
 from agency.engine.delivery import Delivery
+from agency.engine.leases import Leases
 from agency.engine.escalation import Escalations
 from agency.engine.planning import Planning
 from agency.engine.questions import Questions
@@ -56,6 +57,8 @@ class Engine:
         self.on_project_done: list[ProjectHook] = list(on_project_done)
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._wake: dict[int, asyncio.Event] = {}
+        self.leases = Leases(db, settings.engine.lease_seconds)
+        self._lease_task: asyncio.Task[None] | None = None
         self.planning = Planning(core)
         self.staffing = Staffing(core)
         self.work = Work(core)
@@ -138,26 +141,61 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> list[int]:
-        """Resume every unfinished project (after a restart)."""
-        async with self.db.session() as s:
-            ids = list((await s.execute(select(ProjectRow.id).where(ProjectRow.status.not_in(PROJECT_TERMINAL)))).scalars())
-        for pid in ids:
+        """Take the lease of every unfinished project no live process holds and run it (after a restart,
+        or beside other processes on the same database); then keep leases renewed and look for work."""
+        resumed = [pid for pid in await self.leases.claimable() if await self.leases.claim(pid)]
+        for pid in resumed:
             self.spawn(pid)
-        if ids:
-            log.info("resumed %d project(s): %s", len(ids), ids)
+        if resumed:
+            log.info("resumed %d project(s): %s", len(resumed), resumed)
         if self.on_project_done:
             async with self.db.session() as s:
                 finished = select(EventRow.project_id).where(EventRow.kind == "after_delivery_done")
                 cut = list((await s.execute(select(ProjectRow.id).where(ProjectRow.status == ProjectState.DONE, ProjectRow.id.not_in(finished)))).scalars())
             for pid in cut:  # delivered, but the process stopped before memory and learning ran
-                self._runners[pid] = asyncio.create_task(self.delivery.after_delivery(pid), name=f"after-delivery-{pid}")
-        return ids
+                if await self.leases.claim(pid, finished=True):
+                    self._runners[pid] = asyncio.create_task(self._finish_delivery(pid), name=f"after-delivery-{pid}")
+        if self._lease_task is None or self._lease_task.done():
+            self._lease_task = asyncio.create_task(self._lease_loop(), name="leases")
+        return resumed
+
+    async def _finish_delivery(self, pid: int) -> None:
+        try:
+            await self.delivery.after_delivery(pid)
+        finally:
+            await self.leases.release(pid)
+
+    async def _lease_loop(self) -> None:
+        """Every ``engine.poll_seconds``: renew the leases of the projects this process runs (stop those
+        another process took), wake them (a decision or a message may have arrived through another
+        process), and take projects whose owner is gone."""
+        poll = self.settings.engine.poll_seconds
+        while not self._stopping:
+            await asyncio.sleep(poll)
+            try:
+                held = {pid for pid, t in self._runners.items() if not t.done()}
+                for pid in await self.leases.renew(held):
+                    log.warning("project %s: another process took its lease; this one stops running it", pid)
+                    self.flags.lost.add(pid)
+                    self.wake(pid)
+                for pid in held:
+                    self.wake(pid)
+                for pid in await self.leases.claimable():
+                    if pid not in held and await self.leases.claim(pid):
+                        log.info("project %s: taken over (its lease was free or expired)", pid)
+                        self.spawn(pid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the next round tries again; a lease lasts several rounds
+                log.exception("lease round failed")
 
     def spawn(self, project_id: int) -> None:
+        """Run the project here if this process can take its lease (else its owner runs it)."""
         t = self._runners.get(project_id)
         if t is not None and not t.done():
             self.wake(project_id)
             return
+        self.flags.lost.discard(project_id)
         self._runners[project_id] = asyncio.create_task(self._run_project(project_id), name=f"project-{project_id}")
 
     def wake(self, project_id: int) -> None:
@@ -168,7 +206,15 @@ class Engine:
         self._stopping = True
         for ev in self._wake.values():
             ev.set()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+            self._lease_task = None
         await self._stop_tasks([t for t in self._runners.values() if not t.done()], timeout)
+        try:
+            await self.leases.release()  # a clean stop: another process may take them at once
+        except Exception:  # noqa: BLE001 - they expire anyway
+            log.warning("could not release this process's leases; they expire in %.0f s", self.leases.ttl.total_seconds())
 
     async def _stop_tasks(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
         """End tasks without interrupting a database write: a task waiting on a model is cancelled at
@@ -209,11 +255,15 @@ class Engine:
         structlog.contextvars.clear_contextvars()  # this task's own context: every log line in it carries the project id
         structlog.contextvars.bind_contextvars(project_id=pid)
         lock_retries = 0
+        if not await self.leases.claim(pid):
+            return  # another live process runs it
         try:
-            while not self._stopping:
+            while not self._stopping and pid not in self.flags.lost:
                 async with self.db.session() as s:
                     status = (await s.execute(select(ProjectRow.status).where(ProjectRow.id == pid))).scalar_one_or_none()
                 if status is None or status in PROJECT_TERMINAL:
+                    if status is not None:
+                        await self.leases.release(pid)  # (delivery ran its after-delivery work before this)
                     return
                 step = self._steps.get(status)
                 try:

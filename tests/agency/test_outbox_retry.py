@@ -321,6 +321,7 @@ async def test_a_blocked_space_does_not_stop_the_others(make_service) -> None:
         await chat.delivered_to[address].wait()
     await asyncio.wait_for(_until(lambda: len(chat.sent) == len(others)), 10)
     assert sorted(m.id for m in chat.sent) == others and not draining.done()
+    await asyncio.wait_for(_until(lambda: chat.tries.get(stuck[0]) == 1), 10)  # (its claim may come after the others' sends)
     assert chat.tries[stuck[0]] == 1 and stuck[1] not in chat.tries  # one in flight, the next waits for it
     gate.set()
     assert await draining == 6
