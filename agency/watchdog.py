@@ -46,15 +46,18 @@ class Watchdog:
         async with self.db.session() as s:
             live = {pid for pid, t in self.engine._runners.items() if not t.done()}
             projects = list((await s.execute(select(ProjectRow).where(ProjectRow.status.not_in(TERMINAL)))).scalars())
+            mine = {None, self.engine.leases.owner}  # another live process's projects are its own watchdog's
+            projects = [p for p in projects if p.lease_owner in mine or p.lease_expires_at is None or p.lease_expires_at < now]
             for p in projects:
                 if p.id not in live and p.status in ("new", "planning", "staffing", "running", "delivering"):
                     self.engine.spawn(p.id)
                     actions.append(f"restarted project {p.id}")
             stuck = list((await s.execute(select(TaskRow).where(
                 TaskRow.status.in_(("running", "review")), TaskRow.deadline_at.is_not(None), TaskRow.deadline_at < now))).scalars())
+            ours = {p.id for p in projects}
             for t in stuck:
                 p = await s.get(ProjectRow, t.project_id)
-                if p is None or p.status != "running":
+                if p is None or p.status != "running" or p.id not in ours:
                     continue
                 nudged = (await s.execute(select(EventRow.id).where(
                     EventRow.task_id == t.id, EventRow.kind == "watchdog_resumed", EventRow.data["attempt"].as_integer() == t.attempt))).first()
