@@ -205,7 +205,8 @@ class MessageRow(Base):
     """Chat messages in both directions; outbound rows are the outbox."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_outbox", "direction", "status"), Index("ix_messages_due", "status", "next_attempt_at"))
+    __table_args__ = (Index("ix_messages_outbox", "direction", "status"), Index("ix_messages_due", "status", "next_attempt_at"),
+                      Index("ix_messages_space", "agency_id", "address", "status"))  # a space's pending head, its held-back check
     id: Mapped[int] = mapped_column(primary_key=True)
     agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), index=True)
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
