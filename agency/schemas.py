@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-HANDLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{1,31}$")
-TASK_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
+HANDLE_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{1,31}$"
+TASK_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$"
+HANDLE_RE = re.compile(HANDLE_PATTERN)
+TASK_ID_RE = re.compile(TASK_ID_PATTERN)
 Oversight = Literal["autonomous", "plan", "milestones", "every_task"]
 OVERSIGHT_LEVELS: tuple[str, ...] = ("autonomous", "plan", "milestones", "every_task")
 
@@ -54,6 +56,15 @@ class CustomCommand(_Model):
     description: str = Field(min_length=3, max_length=200)
 
 
+def _no_reserved_commands(v: list[CustomCommand]) -> list[CustomCommand]:
+    from agency.commands import RESERVED_NAMES
+
+    for c in v:
+        if c.name in RESERVED_NAMES:
+            raise ValueError(f"custom command /{c.name} clashes with a built-in command")
+    return v
+
+
 class SpecialistDefinition(_Model):
     """A specialist's definition: a catalogue file, or created by the PM when hiring."""
 
@@ -64,18 +75,67 @@ class SpecialistDefinition(_Model):
     collaboration_strategy: str = Field(min_length=10, max_length=1000)
     adaptability_strategy: str = Field(min_length=10, max_length=1000)
     custom_commands: list[CustomCommand] = Field(default_factory=list, max_length=10)
-    system_message: str = Field("", max_length=8000)
+    system_message: str = Field("", max_length=8000)  # the owner's own template (catalogue files only)
+    tools: list[str] = Field(default_factory=list)
+    pm_notes: str = Field("", max_length=4000)  # appended to the rendered system message, never in place of it
+
+    _no_reserved = field_validator("custom_commands")(_no_reserved_commands)
+
+
+class DefinitionDraft(_Model):
+    """A definition the PM writes in a plan. For a catalogue role it only extends the catalogue's (see
+    :func:`merge_definition`); for a new role it must be complete. Its ``system_message`` is kept as notes
+    from the PM, appended to the system message the agency renders, never in place of it."""
+
+    role: str = Field("", max_length=40)
+    title: str = Field("", max_length=80)
+    expertise: list[str] = Field(default_factory=list, max_length=20)
+    expectations: list[str] = Field(default_factory=list, max_length=20)
+    collaboration_strategy: str = Field("", max_length=1000)
+    adaptability_strategy: str = Field("", max_length=1000)
+    custom_commands: list[CustomCommand] = Field(default_factory=list, max_length=10)
+    system_message: str = Field("", max_length=4000, description="notes added to the specialist's instructions")
     tools: list[str] = Field(default_factory=list)
 
-    @field_validator("custom_commands")
-    @classmethod
-    def _no_reserved(cls, v: list[CustomCommand]) -> list[CustomCommand]:
-        from agency.commands import RESERVED_NAMES
+    _no_reserved = field_validator("custom_commands")(_no_reserved_commands)
 
-        for c in v:
-            if c.name in RESERVED_NAMES:
-                raise ValueError(f"custom command /{c.name} clashes with a built-in command")
-        return v
+
+def _merge_items(base: list[str], extra: list[str], limit: int) -> list[str]:
+    out = list(base)
+    seen = {" ".join(x.lower().split()) for x in out}
+    for x in extra:
+        k = " ".join(x.lower().split())
+        if k and k not in seen and len(out) < limit:
+            out.append(x.strip())
+            seen.add(k)
+    return out
+
+
+def merge_definition(role: str, base: SpecialistDefinition | None, draft: DefinitionDraft | None) -> SpecialistDefinition:
+    """The definition a specialist is created with. A catalogue role (``base``) keeps every catalogue field
+    (identity, title, strategies, tools, commands); the PM's expertise, expectations and commands are
+    appended and its ``system_message`` becomes ``pm_notes``. A new role needs a complete draft: raises
+    ValueError naming what is missing."""
+    if draft is None:
+        if base is None:
+            raise ValueError(f"role {role!r} is not in the catalogue and has no definition")
+        return base
+    notes = draft.system_message.strip()
+    if base is not None:
+        names = {c.name for c in base.custom_commands}
+        return base.model_copy(update={
+            "expertise": _merge_items(base.expertise, draft.expertise, 20),
+            "expectations": _merge_items(base.expectations, draft.expectations, 20),
+            "custom_commands": [*base.custom_commands, *[c for c in draft.custom_commands if c.name not in names]][:10],
+            "pm_notes": "\n".join(x for x in (base.pm_notes, notes) if x)[:4000],
+        })
+    data = draft.model_dump(exclude={"system_message"})
+    data.update(role=role, pm_notes=notes)
+    try:
+        return SpecialistDefinition.model_validate(data)
+    except ValidationError as e:
+        missing = sorted({str(err["loc"][0]) for err in e.errors() if err.get("loc")})
+        raise ValueError(f"the definition of new role {role!r} is incomplete ({', '.join(missing)})") from None
 
 
 class StaffingSpec(_Model):
@@ -83,8 +143,8 @@ class StaffingSpec(_Model):
 
     handle: str
     role: str = Field(min_length=2, max_length=40)
-    reuse: bool = False
-    definition: SpecialistDefinition | None = None  # for a new role not in the catalogue
+    reuse: bool = False  # set by the engine: the handle is a stored specialist's
+    definition: DefinitionDraft | None = None  # extends a catalogue role, or defines a new one
 
     _h = field_validator("handle")(_check_handle)
 
@@ -111,14 +171,14 @@ class StreamSpec(_Model):
 
 
 class TaskSpec(_Model):
-    id: str
+    id: str = Field(description="e.g. T1")
     title: str = Field(min_length=3, max_length=200)
     description: str = Field(min_length=5, max_length=4000)
-    stream: str = ""
-    assignee: str = ""
-    depends_on: list[str] = Field(default_factory=list)
+    stream: str = Field(min_length=1, max_length=40, description="the key of one of `streams`")
+    assignee: str = Field(min_length=1, max_length=40, description="a handle from `specialists`, or a person")
+    depends_on: list[str] = Field(default_factory=list, description="ids of the tasks whose output this one needs")
     success_criteria: list[str] = Field(min_length=1, max_length=10)
-    scores: TaskScores = Field(default_factory=TaskScores)
+    scores: TaskScores = Field(default_factory=TaskScores, description="what the task demands, 1 (little) to 5 (much)")
 
     @field_validator("id")
     @classmethod
@@ -131,6 +191,14 @@ class TaskSpec(_Model):
     @classmethod
     def _assignee(cls, v: str) -> str:
         return v.lstrip("@")
+
+    @field_validator("depends_on")
+    @classmethod
+    def _deps(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not TASK_ID_RE.match(d):
+                raise ValueError(f"dependency {d!r} is not a task id (e.g. T1)")
+        return v
 
 
 class WorkPlan(_Model):
@@ -157,16 +225,18 @@ class AgentTurn(_Model):
     """One turn of any agent: private reasoning, a chat message, command intents, tool intents."""
 
     thinking: str = Field("", max_length=20000)
-    message: str = Field("", max_length=60000)
-    commands: list[str] = Field(default_factory=list, max_length=10)
+    message: str = Field("", max_length=60000, description="a short note to the team")
+    output: str = Field("", max_length=60000, description="your complete work product when you /submit, else empty")
+    commands: list[str] = Field(default_factory=list, max_length=10, description="e.g. /submit T1")
     tools: list[ToolRequest] = Field(default_factory=list, max_length=5, description="tools to run; results arrive next turn")
 
 
 class Review(_Model):
     thinking: str = ""
+    task: str = Field("", max_length=40, description="the task you review")
     decision: Literal["accept", "revise"]
-    criteria_met: list[bool] = Field(default_factory=list)
-    notes: str = Field("", max_length=4000)
+    criteria_met: list[bool] = Field(default_factory=list, description="one per success criterion, in order")
+    notes: str = Field("", max_length=4000, description="what to change (for revise)")
     message: str = Field("", max_length=4000)
 
     @model_validator(mode="after")

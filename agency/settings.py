@@ -92,6 +92,13 @@ class EngineSettings(_Section):
     turn_steps: int = Field(4, ge=1, le=20, description="turns a specialist gets per task attempt")
     ask_hops: int = Field(2, ge=0, le=10)
     handoff_chain: int = Field(3, ge=1, le=20)
+    # what a plan may hold: a bigger plan goes back to the PM with the problem (and the limits are in its schema)
+    plan_max_tasks: int = Field(16, ge=1, le=100)
+    plan_max_streams: int = Field(5, ge=1, le=12)
+    plan_max_specialists: int = Field(8, ge=1, le=30)
+    # a model's submission shorter than this (or a plan to work, a restatement of the task, or work that
+    # touches none of its criteria) goes back to the specialist without a review call (agency.checks)
+    min_output_chars: int = Field(200, ge=0, le=20000)
     task_deadline_seconds: float = Field(900.0, gt=0)
     default_oversight: Oversight = "plan"
     budget_usd: float | None = Field(None, gt=0)

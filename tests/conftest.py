@@ -39,7 +39,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("ATEAMS_CONFIG", str(tmp_path / "absent.toml"))
-    return load_settings(data_dir=tmp_path / "data", memory={"enabled": False})
+    # scripted work in these tests is a sentence or two, written to exercise other mechanisms; the minimum
+    # size of a submission (default 200) has its own tests at the default (tests/agency/test_real_model_habits.py),
+    # and the other checks of agency.checks (a plan to work, a restatement, no criterion touched) stay on here
+    return load_settings(data_dir=tmp_path / "data", memory={"enabled": False}, engine={"min_output_chars": 20})
 
 
 def model_set(model: Any) -> ModelSet:

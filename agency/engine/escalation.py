@@ -17,6 +17,7 @@ from agency.db.tables import ApprovalRow, MemberRow, ProjectRow, StreamMemberRow
 from agency.engine.base import PM_HANDLE, Core
 from agency.engine.tasks import project_handles
 from agency.errors import AgencyError, LLMOutputError
+from agency.guided import escalation_schema
 from agency.llm.client import CallContext
 from agency.roles import pm as pm_role
 from agency.schemas import EscalationDecision
@@ -39,13 +40,15 @@ class Escalations:
             assignee = await s.get(MemberRow, t.assignee_id)
             assert assignee is not None
             members = await project_handles(s, pid)
+            schema = escalation_schema([h for h in members if h not in (PM_HANDLE, assignee.handle)], core.catalogue.roles)
             task_view = {**core.task_view(t), "assignee": assignee.handle, "attempt": attempt, "output": (t.output or "")[:2000]}
             ctx = CallContext(role="pm", purpose="escalation", agency_id=p.agency_id, project_id=pid, task_id=tid, member_id=pm.id,
                               call_key=f"t{tid}:a{attempt}:escalation", meta={"purpose": "escalation", "reason": reason, "task": task_view})
         decision: EscalationDecision | None = None
         if attempt < core.settings.engine.handoff_chain - 1:  # bounded handoff chain, then the Director
             try:
-                decision = await core.llm.call(EscalationDecision, pm_role.escalation_messages(task_view, reason, members), ctx)
+                decision = await core.llm.call(EscalationDecision, pm_role.escalation_messages(task_view, reason, members, schema), ctx,
+                                               json_schema=schema)
             except LLMOutputError:
                 decision = None  # the PM's answer cannot be used: the Director decides
         async with core.db.session() as s:

@@ -14,6 +14,7 @@ from agency.db.tables import ApprovalRow, FeedbackRow, TaskRow
 from agency.engine.base import Core
 from agency.engine.tasks import complete, escalate
 from agency.errors import LLMOutputError
+from agency.guided import review_schema
 from agency.llm.client import CallContext
 from agency.llm.router import next_tier
 from agency.roles import collaborator as collab_role
@@ -34,13 +35,14 @@ class Reviews:
             seq = t.seq
             chandle = collab.handle if collab else "Collaborator"
             task_view = core.task_view(t)
-            msgs = collab_role.review_messages(chandle, st.key, st.goal, task_view, t.output or "", t.revision, cfg.max_revisions)
+            schema = review_schema(t.key, len(t.success_criteria or []))
+            msgs = collab_role.review_messages(chandle, st.key, st.goal, task_view, t.output or "", t.revision, cfg.max_revisions, schema)
             ctx = CallContext(role="collaborator", purpose="review", agency_id=p.agency_id, project_id=pid, task_id=tid,
                               member_id=collab.id if collab else None, stream_id=st.id,
                               call_key=f"t{tid}:a{t.attempt}:r{t.revision}:review",
                               meta={"purpose": "review", "task": task_view, "output": t.output, "revision": t.revision})
         try:
-            review = await core.llm.call(Review, msgs, ctx)
+            review = await core.llm.call(Review, msgs, ctx, json_schema=schema)
         except LLMOutputError as e:  # an unusable review stops this task, not the project: the PM decides
             async with core.db.session() as s:
                 f = await repos.task_frame(s, tid)

@@ -1,6 +1,7 @@
 """Staffing: the approved plan becomes streams, members, tasks and their
 channels and threads, with each member's introduction, in one transaction
-(``staffing -> running``)."""
+(``staffing -> running``). A new specialist's definition is the catalogue's,
+extended by the PM's (:func:`agency.schemas.merge_definition`)."""
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from agency.db.repos import SYSTEM, post, stream_addr, thread_addr
 from agency.db.tables import MemberRow, ProjectRow, StreamMemberRow, StreamRow, TaskDepRow, TaskRow
 from agency.engine.base import Core
 from agency.llm.router import weighted_score
-from agency.schemas import WorkPlan
+from agency.schemas import WorkPlan, merge_definition
 from agency.states import PROJECT, ProjectState, StreamState, TaskState, transition
 
 
@@ -38,8 +39,8 @@ class Staffing:
         members: dict[str, MemberRow] = {}
         for st in plan.specialists:
             m = await repos.member_by_handle(s, aid, st.handle)
-            if m is None:
-                definition = st.definition or core.catalogue.get(st.role)
+            if m is None:  # the PM's definition extends the catalogue's (validated with the plan), never replaces it
+                definition = merge_definition(st.role, core.catalogue.get(st.role), st.definition)
                 m = await core.ensure_member(s, aid, st.handle, "specialist", st.role, definition)
             members[st.handle] = m
         for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == aid, MemberRow.kind == "human"))).scalars():

@@ -1,10 +1,11 @@
 """A specialist's turn: one model call, then one transaction that applies it.
 
 The turn's commands are validated intents. ``/submit`` moves the task to
-review, ``/blocked`` escalates it, ``/ask`` posts the question and leaves it
-pending on the task (the addressee answers in a step of its own, see
-:mod:`agency.engine.questions`); anything else becomes feedback for the next
-turn. The whole turn applies only if the task is still at the ``seq`` the turn
+review (the work product from the turn's ``output``, else the command's text,
+else the message). ``/blocked`` escalates it, ``/ask`` posts the
+question and leaves it pending on the task (the addressee answers in a step of
+its own, see :mod:`agency.engine.questions`); anything else becomes feedback
+for the next turn. The whole turn applies only if the task is still at the ``seq`` the turn
 read: a turn that another runner applied first is dropped, never applied twice.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agency.engine.base import DEP_OUTPUTS, HISTORY_ITEMS, OTHER_OUTPUTS, Core, 
 from agency.engine.questions import member_address
 from agency.engine.tasks import escalate, project_handles
 from agency.errors import AgencyError, LLMOutputError
+from agency.guided import work_schema
 from agency.llm.client import CallContext
 from agency.llm.router import next_tier
 from agency.logs import redact
@@ -50,11 +52,13 @@ class Work:
             task_view = core.task_view(t)
             dep_outputs = {key: output or "" for key, output in (await s.execute(DEP_OUTPUTS, {"tid": t.id})).all()}
             memories, retrieved = await core.recall_for(p.agency_id, m.handle, m.role, f"{t.title}. {t.description}", pid)
+            schema = work_schema(t.key, min_output_chars=cfg.min_output_chars, tools=core.tools is not None)
             msgs = spec_role.work_messages(
                 sysmsg.text if sysmsg else f"You are {m.handle}, a {m.role}.",
                 objective=p.objective, task=task_view, dep_outputs=dep_outputs, context=t.context or [],
                 review_notes=t.review_notes, memories=memories, custom=custom,
                 tools=core.tools.describe_for("specialist") if core.tools is not None else "",
+                schema=schema, min_output_chars=cfg.min_output_chars,
             )
             ctx = CallContext(role="specialist", purpose="work", agency_id=p.agency_id, project_id=pid, task_id=tid,
                               member_id=m.id, stream_id=t.stream_id, tier=t.tier, retrieved=retrieved,
@@ -63,7 +67,7 @@ class Work:
                                     "review_notes": t.review_notes, "handle": m.handle, "role": m.role, "step": t.step})
             handle, stream_id, member_id, step, attempt, revision = m.handle, t.stream_id, m.id, t.step, t.attempt, t.revision
         try:
-            turn = await core.llm.call(AgentTurn, msgs, ctx)
+            turn = await core.llm.call(AgentTurn, msgs, ctx, json_schema=schema)
         except LLMOutputError as e:
             await self._invalid_output(pid, tid, seq, e)
             return
@@ -90,6 +94,8 @@ class Work:
             posts: list[tuple[str, str, str, dict[str, Any]]] = []  # (address, persona, text, options)
             if turn.message:
                 posts.append((thread_addr(stream_id, member_id), handle, turn.message, {}))
+            if turn.output.strip() and norm(turn.output) != norm(turn.message):  # the work product is part of the record of work
+                posts.append((thread_addr(stream_id, member_id), handle, turn.output, {}))
             ctx_items: list[dict[str, Any]] = []
             output: str | None = None
             blocked: str | None = None
@@ -98,9 +104,9 @@ class Work:
                     if c.args["task"] != t.key:
                         feedback.append(f"/submit {c.args['task']} refused: your task is {t.key}")
                         continue
-                    out = c.args.get("output") or turn.message
+                    out = turn.output.strip() or c.args.get("output") or turn.message
                     if not out.strip():
-                        feedback.append("/submit refused: the output is empty; put your work in `message`")
+                        feedback.append("/submit refused: the output is empty; put your complete work in `output`")
                         continue
                     repeated = await self._repeats(s, t, out)
                     if repeated:
@@ -138,7 +144,7 @@ class Work:
                                     "key": f"t{tid}:a{attempt}:r{revision}:s{step}:ask:{target.handle}" + (f":{i}" if i else ""),
                                     "reminded": False})
             ctx_items += tool_items
-            own = "" if output is not None else turn.message.strip()[:4000]
+            own = "" if output is not None else (turn.message.strip() or turn.output.strip())[:4000]
             if own and any(c.get("from") == f"{handle} (you)" and norm(c.get("text", "")) == norm(own) for c in t.context or []):
                 feedback.append("you repeated an earlier turn word for word; change your approach, or `/submit` your work")
                 events.append(("repetition", {"detail": "repeated turn"}))
@@ -148,7 +154,9 @@ class Work:
             # the task's conversation (own drafts, answers, feedback) is kept and re-injected each turn, bounded
             context = [*(t.context or []), *([{"from": f"{handle} (you)", "text": own}] if own else []), *ctx_items][-HISTORY_ITEMS:]
             if output is None and not blocked and not asks and not turn.tools:
-                context = [*context, {"from": SYSTEM, "text": f"No submission yet: when your work meets the criteria, add `/submit {t.key}`."}][-HISTORY_ITEMS:]
+                hint = (f"No submission yet: you wrote an `output` but no `/submit {t.key}` in `commands`." if turn.output.strip()
+                        else f"No submission yet: when your work meets the criteria, add `/submit {t.key}`.")
+                context = [*context, {"from": SYSTEM, "text": hint}][-HISTORY_ITEMS:]
             values: dict[str, Any] = {"context": context, "step": step + 1, "asks": pending}
             if blocked and output is None:
                 applied = await escalate(s, p, t, f"@{handle} is blocked: {blocked}", frm=(TaskState.RUNNING,), seq=seq, values=values)

@@ -25,9 +25,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from agency.db.session import Database
 from agency.db.tables import LLMCallRow, utcnow
 from agency.errors import LLMError, LLMOutputError, TransientModelError
+from agency.guided import sent_schema
 from agency.llm.base import ChatModel, ModelReply, ModelRequest
 from agency.llm.usage import cost_usd, estimate_tokens
-from agency.roles.common import json_schema
 from agency.logs import redact
 from agency.settings import Settings
 
@@ -186,7 +186,10 @@ class LLMClient:
     def simulated(self) -> bool:
         return self.models.simulated
 
-    async def call(self, schema: type[T], messages: list[dict[str, str]], ctx: CallContext) -> T:
+    async def call(self, schema: type[T], messages: list[dict[str, str]], ctx: CallContext, *,
+                   json_schema: dict[str, Any] | None = None) -> T:
+        """``json_schema``: the schema this call sends (per-call enums, see :mod:`agency.guided`); by default
+        the class's compact one. The reply is validated against ``schema`` either way."""
         if ctx.call_key and self._may_be_recorded(ctx):
             cached = await self._recorded(ctx.call_key, schema)
             if cached is not None:
@@ -201,7 +204,7 @@ class LLMClient:
         request = ModelRequest(
             messages=messages,
             schema_name=schema.__name__,
-            json_schema=json_schema(schema),
+            json_schema=json_schema if json_schema is not None else sent_schema(schema),
             model=model,
             role=ctx.role,
             purpose=ctx.purpose,

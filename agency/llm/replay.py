@@ -212,9 +212,9 @@ class ReplayLLMClient(LLMClient):
         super().__init__(*args, **kwargs)
         self._task_keys: dict[int, str] = {}
 
-    async def call(self, schema: type[T], messages: list[dict[str, str]], ctx: CallContext) -> T:
+    async def call(self, schema: type[T], messages: list[dict[str, str]], ctx: CallContext, **kw: Any) -> T:
         ctx.meta = {**ctx.meta, "_replay_key": await self._key(ctx.call_key)}
-        return await super().call(schema, messages, ctx)
+        return await super().call(schema, messages, ctx, **kw)
 
     async def _key(self, call_key: str | None) -> str | None:
         m = _TASK_KEY.match(call_key or "")

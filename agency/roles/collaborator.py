@@ -15,13 +15,15 @@ def identity(handle: str, stream: str, goal: str) -> str:
     )
 
 
-def review_messages(handle: str, stream: str, goal: str, task: dict[str, Any], output: str, revision: int, max_revisions: int) -> list[dict[str, str]]:
+def review_messages(handle: str, stream: str, goal: str, task: dict[str, Any], output: str, revision: int, max_revisions: int,
+                    schema: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """``schema``: the review's own JSON schema (agency.guided.review_schema), shown in the system prompt."""
     user = [
         user_block("Task", task),
         user_block("Submission", clip(output, 12000)),
         f"This is revision {revision} of at most {max_revisions}. Set `criteria_met` to one boolean per criterion, in order.",
     ]
     return [
-        {"role": "system", "content": system_prompt(identity(handle, stream, goal), Review)},
+        {"role": "system", "content": system_prompt(identity(handle, stream, goal), Review, sent=schema)},
         {"role": "user", "content": "\n\n".join(user)},
     ]

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agency.commands import help_text
+from agency.guided import sent_schema
 from agency.schemas import SpecialistDefinition
 
 JSON_RULE = (
@@ -26,40 +27,49 @@ def clip(text: str | None, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 20] + "\n...[truncated]"
 
 
-@functools.cache
 def json_schema(schema: type[BaseModel]) -> dict:
-    """The model's JSON schema, built once per class (it is costly: milliseconds for WorkPlan)."""
-    return schema.model_json_schema()
+    """The JSON schema sent for ``schema`` when a call has no schema of its own (see :mod:`agency.guided`)."""
+    return sent_schema(schema)
 
 
 @functools.cache
 def schema_hint(schema: type[BaseModel]) -> str:
-    return json.dumps(json_schema(schema), separators=(",", ":"))[:6000]
+    return json.dumps(sent_schema(schema), separators=(",", ":"))
 
 
-def system_prompt(identity: str, schema: type[BaseModel], *, role: str | None = None, extra: str = "") -> str:
+def system_prompt(identity: str, schema: type[BaseModel], *, role: str | None = None, extra: str = "",
+                  sent: dict[str, Any] | None = None) -> str:
+    """``sent``: the call's own JSON schema (per-call enums), shown instead of the class's."""
     parts = [identity.strip(), GUARD, JSON_RULE.format(schema=schema.__name__)]
     if role:
         parts.append("Commands you may use:\n" + help_text(role))
     if extra:
         parts.append(extra.strip())
-    parts.append(f"JSON schema of your reply:\n{schema_hint(schema)}")
+    hint = json.dumps(sent, separators=(",", ":")) if sent is not None else schema_hint(schema)
+    parts.append(f"JSON schema of your reply:\n{hint}")
     return "\n\n".join(parts)
 
 
 def specialist_system_message(handle: str, spec: SpecialistDefinition) -> str:
-    """Version 1 of a specialist's system message, rendered from its definition."""
+    """Version 1 of a specialist's system message, rendered from its definition: the identity, role,
+    expertise, expectations, strategies and custom commands, always. Notes a model wrote (the PM's, in a
+    plan) are appended under their own heading; they never replace what is rendered. A catalogue file
+    may carry its owner's own template in ``system_message`` (trusted configuration, never a model's)."""
     if spec.system_message:
-        return spec.system_message.replace("{handle}", handle)
-    cmds = "".join(f"\n- /{c.name}: {c.description}" for c in spec.custom_commands)
-    return (
-        f"You are {handle}, a {spec.title or spec.role} in an AI agency.\n"
-        f"Expertise: {', '.join(spec.expertise)}.\n"
-        "You are expected to:\n" + "".join(f"- {e}\n" for e in spec.expectations)
-        + f"Collaboration: {spec.collaboration_strategy}\n"
-        f"Adaptability: {spec.adaptability_strategy}\n"
-        + (f"Your custom commands:{cmds}\n" if cmds else "")
-    )
+        text = spec.system_message.replace("{handle}", handle)
+    else:
+        cmds = "".join(f"\n- /{c.name}: {c.description}" for c in spec.custom_commands)
+        text = (
+            f"You are {handle}, a {spec.title or spec.role} in an AI agency.\n"
+            f"Expertise: {', '.join(spec.expertise)}.\n"
+            "You are expected to:\n" + "".join(f"- {e}\n" for e in spec.expectations)
+            + f"Collaboration: {spec.collaboration_strategy}\n"
+            f"Adaptability: {spec.adaptability_strategy}\n"
+            + (f"Your custom commands:{cmds}\n" if cmds else "")
+        )
+    if spec.pm_notes.strip():
+        text = text.rstrip("\n") + "\nNotes from the PM:\n" + spec.pm_notes.strip() + "\n"
+    return text
 
 
 def user_block(title: str, body: Any) -> str:

@@ -1,6 +1,7 @@
 """The Project Manager: approaches, the work plan, escalations, the deliverable."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agency.roles.common import clip, system_prompt, user_block
@@ -41,37 +42,55 @@ def plan_messages(
     oversight: str,
     budget: str,
     memories: str = "",
+    previous: dict[str, Any] | None = None,
+    schema: dict[str, Any] | None = None,
+    limits: tuple[int, int, int] | None = None,
 ) -> list[dict[str, str]]:
+    """The plan call. ``previous`` (the plan the validator returned) and ``problems`` make it an edit: the
+    previous plan is the PM's own last reply, followed by its problems and the request for the corrected
+    plan. ``schema``: the call's own JSON schema (agency.guided.plan_schema)."""
     user = [user_block("Objective", objective)]
     if approach:
         user.append(user_block("Chosen approach", approach))
     user.append(user_block("Specialist roles in the catalogue", catalogue))
     if stored:
-        user.append(user_block("The agency's stored specialists (reuse them by handle with reuse=true)", stored))
+        user.append(user_block("The agency's stored specialists (reuse one by its handle and role)", stored))
     if humans:
         user.append(user_block("Human specialists you may assign", ", ".join("@" + h for h in humans)))
     if notes:
         user.append(user_block("The Director's notes (address every one)", "\n".join(f"- {n}" for n in notes)))
-    if problems:
+    if problems and previous is None:
         user.append(user_block("Your previous plan was rejected by the validator; fix every problem", "\n".join(f"- {p}" for p in problems)))
     if memories:
         user.append(user_block("What the agency remembers", memories))
+    size = (f" At most {limits[0]} tasks, {limits[1]} streams and {limits[2]} specialists." if limits else "")
     user.append(
         f"Oversight level: {oversight}. Budget: {budget}.\n"
         "Write the work plan: outputs, success criteria, work streams (key = short lowercase channel name), "
-        "specialists (handle like Researcher-A, role from the catalogue; reuse=true to reuse a stored one; "
-        "give a full `definition` only for a role not in the catalogue), and tasks. Each task has a unique id "
-        "(T1, T2, ...), a stream, an assignee handle from `specialists`, `depends_on` (ids of tasks whose output "
-        "it needs; no cycles), success criteria, and `scores` 1-5 for reasoning, domain, language and quality. "
-        "Tasks without dependencies run in parallel."
+        "specialists and tasks. Specialists: a handle and its role, both from the lists in the schema (a stored "
+        "specialist's handle reuses it; a free Role-Letter handle such as Writer-B creates one); a `definition` may "
+        "only add expertise, expectations or notes to a role. Each task has a unique id (T1, T2, ...), the key of "
+        "one of your streams, an assignee from your specialists (or a person), `depends_on` (ids of tasks whose "
+        "output it needs; no cycles), success criteria, and `scores` 1-5 for reasoning, domain, language and "
+        "quality. Every required output and success criterion must be produced or met by some task: name it in "
+        "that task's description or criteria. Tasks without dependencies run in parallel." + size
     )
-    return [
-        {"role": "system", "content": system_prompt(IDENTITY, WorkPlan)},
+    msgs = [
+        {"role": "system", "content": system_prompt(IDENTITY, WorkPlan, sent=schema)},
         {"role": "user", "content": "\n\n".join(user)},
     ]
+    if previous is not None:  # a retry is an edit of the plan the validator returned
+        msgs += [
+            {"role": "assistant", "content": json.dumps(previous, ensure_ascii=False, separators=(",", ":"))},
+            {"role": "user", "content": user_block("The validator returned your plan with these problems",
+                                                   "\n".join(f"- {p}" for p in problems))
+             + "\n\nEdit your plan above: fix every problem and keep everything else as it is. Reply with the complete "
+               "corrected plan."},
+        ]
+    return msgs
 
 
-def escalation_messages(task: dict[str, Any], reason: str, members: list[str]) -> list[dict[str, str]]:
+def escalation_messages(task: dict[str, Any], reason: str, members: list[str], schema: dict[str, Any] | None = None) -> list[dict[str, str]]:
     user = [
         user_block("Blocked task", task),
         user_block("Why it is blocked", reason),
@@ -80,12 +99,13 @@ def escalation_messages(task: dict[str, Any], reason: str, members: list[str]) -
         "`hire` (a catalogue role), `replan`, or `escalate` to the Director with the reason.",
     ]
     return [
-        {"role": "system", "content": system_prompt(IDENTITY, EscalationDecision)},
+        {"role": "system", "content": system_prompt(IDENTITY, EscalationDecision, sent=schema)},
         {"role": "user", "content": "\n\n".join(user)},
     ]
 
 
-def deliver_messages(objective: str, plan_summary: str, outputs: dict[str, dict[str, str]], notes: list[str]) -> list[dict[str, str]]:
+def deliver_messages(objective: str, plan_summary: str, outputs: dict[str, dict[str, str]], notes: list[str],
+                     missing: list[str] | None = None) -> list[dict[str, str]]:
     body = "\n\n".join(f"### {k}: {v['title']}\n{clip(v['output'], 6000)}" for k, v in outputs.items())
     user = [
         user_block("Objective", objective),
@@ -94,7 +114,10 @@ def deliver_messages(objective: str, plan_summary: str, outputs: dict[str, dict[
     ]
     if notes:
         user.append(user_block("The Director's notes", "\n".join(f"- {n}" for n in notes)))
-    user.append("Assemble the final deliverable as one Markdown document that answers the objective.")
+    if missing:
+        user.append(user_block("What is missing (say so in the deliverable; do not fill it in from your own knowledge)",
+                               "\n".join(f"- {m}" for m in missing)))
+    user.append("Assemble the final deliverable as one Markdown document that answers the objective from the task outputs above.")
     return [
         {"role": "system", "content": system_prompt(IDENTITY, Deliverable)},
         {"role": "user", "content": "\n\n".join(user)},

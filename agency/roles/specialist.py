@@ -7,9 +7,10 @@ from agency.roles.common import clip, system_prompt, user_block
 from agency.schemas import AgentTurn
 
 RULES = (
-    "Do the task. Put your complete work product in `message` and add `/submit {key}` to `commands` when it "
-    "meets the success criteria. To ask another member, add `/ask @Handle question` (you will get the answer "
-    "next turn). If you cannot proceed, add `/blocked reason`."
+    "Do the task now, in this reply: write the work itself, not what you are going to do. Put the complete work "
+    "product in `output` (at least {min_chars} characters, addressing every success criterion) and add "
+    "`/submit {key}` to `commands`; `message` is a short note to the team. To ask another member, add "
+    "`/ask @Handle question` (you will get the answer next turn). If you cannot proceed, add `/blocked reason`."
 )
 
 
@@ -24,7 +25,10 @@ def work_messages(
     tools: str = "",
     memories: str = "",
     custom: list[tuple[str, str]] | None = None,
+    schema: dict[str, Any] | None = None,
+    min_output_chars: int = 200,
 ) -> list[dict[str, str]]:
+    """``schema``: the turn's own JSON schema (agency.guided.work_schema), shown in the system prompt."""
     user = [user_block("Project objective", objective), user_block("Your task", task)]
     if dep_outputs:
         user.append(user_block("Outputs of the tasks yours depends on", "\n\n".join(f"### {k}\n{clip(v, 6000)}" for k, v in dep_outputs.items())))
@@ -36,9 +40,9 @@ def work_messages(
         user.append(user_block("Since your last turn", "\n".join(f"- {c.get('from', '?')}: {clip(c.get('text'), 2000)}" for c in context)))
     if tools:
         user.append(user_block("Tools", tools))
-    user.append(RULES.format(key=task.get("key")))
+    user.append(RULES.format(key=task.get("key"), min_chars=min_output_chars))
     return [
-        {"role": "system", "content": system_prompt(system_message, AgentTurn, role="specialist", extra="")},
+        {"role": "system", "content": system_prompt(system_message, AgentTurn, role="specialist", extra="", sent=schema)},
         {"role": "user", "content": "\n\n".join(user)},
     ]
 
