@@ -14,13 +14,14 @@ the code for that); new rows start in their machine's initial state.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from agency.db.tables import ApprovalRow, Base, MessageRow, ProjectRow, StreamRow, SystemMessageRow, TaskRow
 
@@ -169,12 +170,14 @@ VERSION = Machine("version", SystemMessageRow, V.PROPOSED, _m({
 MACHINES = (PROJECT, TASK, APPROVAL, STREAM, MESSAGE, VERSION)
 
 
-async def _reload(s: AsyncSession, table: Any, row_id: int | None, keys: list[str]) -> None:
-    """Rows of ``table`` loaded in ``s`` read back what the UPDATE wrote (it ran without the ORM's
-    synchronisation, which leaves SQL-expression values expired, and an async session cannot lazy-load)."""
+def _apply(s: AsyncSession, table: Any, keys: list[str], rows: Sequence[Any]) -> None:
+    """Rows of ``table`` loaded in ``s`` take what the UPDATE wrote, as it returned them (RETURNING): no
+    second read, and no expired attribute (an async session cannot lazy-load one)."""
+    written = {row[0]: row[1:] for row in rows}
     for obj in list(s.identity_map.values()):
-        if isinstance(obj, table) and (row_id is None or obj.id == row_id):
-            await s.refresh(obj, attribute_names=keys)
+        if isinstance(obj, table) and obj.id in written:
+            for key, value in zip(keys, written[obj.id]):
+                set_committed_value(obj, key, value)
 
 
 def _sources(machine: Machine, to: str, frm: Iterable[str] | None) -> list[str]:
@@ -213,10 +216,13 @@ async def transition(
     extra = dict(values or {})
     if machine is TASK:  # every task transition bumps seq: a step read at seq N applies only while seq is still N
         extra.setdefault("seq", TaskRow.seq + 1)
-    stmt = update(table).where(*conds).values(status=str(to), **extra)
-    n = int((await s.execute(stmt, execution_options={"synchronize_session": False})).rowcount or 0)  # type: ignore[attr-defined]
+    keys = ["status", *extra]
+    stmt = (update(table).where(*conds).values(status=str(to), **extra)
+            .returning(table.id, *(getattr(table, k) for k in keys)))
+    rows = (await s.execute(stmt, execution_options={"synchronize_session": False})).all()
+    n = len(rows)
     if n:
-        await _reload(s, table, row_id, ["status", *extra])
+        _apply(s, table, keys, rows)
     if n and event is not None:
         from agency.db import repos
 
