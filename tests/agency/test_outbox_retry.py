@@ -361,7 +361,8 @@ async def test_spaces_are_delivered_concurrently_and_in_order_within_each(make_s
     for address in spaces:
         assert _sent_ids(chat, address) == written[address]
     assert len({m.id for m in chat.sent}) == 40
-    assert chat.most_in_flight > 1  # the spaces really ran side by side
+    # (that spaces run side by side is shown without depending on the scheduler's interleaving by
+    # test_a_blocked_space_does_not_stop_the_others)
 
 
 async def test_a_pacing_wait_holds_back_only_its_own_space(make_service) -> None:
