@@ -205,3 +205,28 @@ async def test_setup_hook_syncs_to_the_dev_guild_or_globally(settings, monkeypat
             assert sync.await_args == ((), {})
     finally:
         await stop_harness(h)
+
+
+async def test_slash_commands_from_another_server_reach_nothing_of_this_one(harness):
+    """Issue 12: from another server, every Director slash command aimed at this server's project number answers
+    exactly like an unknown number, and nothing here changes."""
+    h = harness
+    await h.setup_agency()
+    await h.slash("project new", objective="Write a brief on espresso machines")
+    await h.approval_message(1, "approach")
+    other = back.make_guild("Other server")
+    intruder = back.make_member(back.make_user("Mallory", "0666"), other)
+    other.owner_id = intruder.id  # the owner of their own server: a Director there
+    where = back.make_text_channel("general", other)
+    await h.service.ensure_agency(str(other.id), other.name)
+    before = await h.status(1)
+    for name, options in (("project cancel", {}), ("project pause", {}), ("project status", {}), ("budget", {"amount": 999.0})):
+        theirs = text_of(await h.slash(name, by=intruder, where=where, project=1, **options))
+        unknown = text_of(await h.slash(name, by=intruder, where=where, project=4242, **options))
+        assert "There is no project #1" in theirs, (name, theirs)
+        assert theirs.replace("#1", "#N") == unknown.replace("#4242", "#N"), name
+    assert await h.status(1) == before
+    async with h.service.db.session() as s:
+        from agency.db.tables import ProjectRow
+
+        assert (await s.get(ProjectRow, 1)).budget_usd != 999.0
