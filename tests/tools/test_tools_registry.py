@@ -22,7 +22,9 @@ from agency.tools.web_search import DISABLED_MESSAGE
 
 SPECIALIST = ToolContext(agency_id=1, member="Analyst-A", role="specialist", project_id=3)
 PM = ToolContext(agency_id=1, member="PM", role="pm", project_id=3)
-FAST = ToolPolicy(python=SandboxLimits(cpu_seconds=1, memory_mb=128, wall_seconds=3, output_chars=500))
+# the wall limit far above the CPU limit: on a loaded machine 1 s of CPU can take several seconds of wall time,
+# and this test is about the CPU limit
+FAST = ToolPolicy(python=SandboxLimits(cpu_seconds=1, memory_mb=128, wall_seconds=120, output_chars=500))
 
 
 class Recorder:
