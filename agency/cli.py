@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -203,10 +203,10 @@ def run(
     objective: str = typer.Argument(..., help="What the agency should achieve, in a sentence."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Simulate every model call (the default when no model endpoint or key is configured)."),
     auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve every gate automatically (unattended runs)."),
-    oversight: Optional[str] = typer.Option(None, help=f"Where to wait for the Director: {', '.join(OVERSIGHT_LEVELS)}."),
-    budget: Optional[float] = typer.Option(None, help="Budget in USD; the project pauses when it is spent."),
+    oversight: str | None = typer.Option(None, help=f"Where to wait for the Director: {', '.join(OVERSIGHT_LEVELS)}."),
+    budget: float | None = typer.Option(None, help="Budget in USD; the project pauses when it is spent."),
     out: Path = typer.Option(Path("deliverables"), help="Folder for the deliverable Markdown file."),
-    data_dir: Optional[Path] = typer.Option(None, help="Where the database and memory live (default: .ateams)."),
+    data_dir: Path | None = typer.Option(None, help="Where the database and memory live (default: .ateams)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the progress and the result."),
 ) -> None:
     """Run a whole project in the terminal and write the deliverable to a Markdown file."""
@@ -258,7 +258,7 @@ def resume(
     project: int = typer.Argument(..., help="The project number, e.g. 3."),
     auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve every gate automatically."),
     out: Path = typer.Option(Path("deliverables"), help="Folder for the deliverable Markdown file."),
-    data_dir: Optional[Path] = typer.Option(None, help="Where the database and memory live (default: .ateams)."),
+    data_dir: Path | None = typer.Option(None, help="Where the database and memory live (default: .ateams)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the progress and the result."),
 ) -> None:
     """Follow an unfinished project (after Ctrl-C, SIGTERM or a crash) to its end in the terminal."""
@@ -362,7 +362,7 @@ app.add_typer(models_app, name="models")
 _DATA_DIR_HELP = "Where the database lives (default: .ateams, or data_dir in config.toml)."
 
 
-def _settings_at(data_dir: Optional[Path]):
+def _settings_at(data_dir: Path | None):
     return _settings(**({"data_dir": data_dir} if data_dir is not None else {}))
 
 
@@ -381,8 +381,8 @@ async def _open_db(settings):
 
 @models_app.command("report")
 def models_report(
-    project: Optional[int] = typer.Option(None, help="Only this project (default: every recorded call)."),
-    data_dir: Optional[Path] = typer.Option(None, help=_DATA_DIR_HELP),
+    project: int | None = typer.Option(None, help="Only this project (default: every recorded call)."),
+    data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),
 ) -> None:
     """Acceptance rate, tokens and cost per tier, model and task kind, to tune the routing thresholds."""
     from agency.reports import model_report, model_report_table
@@ -406,7 +406,7 @@ def models_report(
 @app.command()
 def cost(
     project: int = typer.Argument(..., help="Project id."),
-    data_dir: Optional[Path] = typer.Option(None, help=_DATA_DIR_HELP),
+    data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),
 ) -> None:
     """Tokens and cost of a project by stream, member, model and role (orchestration included)."""
     from agency.db.tables import ProjectRow
@@ -434,8 +434,8 @@ def cost(
 @app.command()
 def audit(
     project: int = typer.Argument(..., help="Project id."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file (default: standard output)."),
-    data_dir: Optional[Path] = typer.Option(None, help=_DATA_DIR_HELP),
+    out: Path | None = typer.Option(None, "--out", help="Write to this file (default: standard output)."),
+    data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),
 ) -> None:
     """Export a project's events, messages and LLM calls as JSON Lines (secrets redacted)."""
     from agency.audit import write_audit
@@ -465,7 +465,7 @@ def audit(
 def replay(
     project: int = typer.Argument(..., help="Project id."),
     timeout: float = typer.Option(300.0, help="Give up after this many seconds."),
-    data_dir: Optional[Path] = typer.Option(None, help=_DATA_DIR_HELP),
+    data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),
 ) -> None:
     """Re-run a recorded project with answers from its record; report the first divergence."""
     from agency.llm.replay import replay_project

@@ -150,7 +150,7 @@ def parse(text: str, custom: frozenset[str] | set[str] = frozenset()) -> Command
 def _parse_args(spec: Spec, rest: str) -> dict[str, Any]:
     args: dict[str, Any] = {}
     remaining = rest.strip()
-    for i, a in enumerate(spec.args):
+    for a in spec.args:
         if not remaining:
             if a.optional:
                 continue
@@ -183,11 +183,11 @@ def _convert(spec: Spec, a: Arg, tok: str) -> Any:
             raise CommandError(f"<{a.name}> must be a task id like T1, got {tok[:40]!r}. {usage}")
         return tok
     if a.kind == "rating":
-        if not tok.isdigit() or not 1 <= int(tok) <= 5:
+        if not tok.isdecimal() or not 1 <= int(tok) <= 5:  # isdecimal: what int() reads (isdigit takes "²")
             raise CommandError(f"<rating> must be a whole number from 1 to 5, got {tok[:20]!r}. {usage}")
         return int(tok)
     if a.kind == "int":
-        if not tok.isdigit() or int(tok) > 10**9:
+        if not tok.isdecimal() or int(tok) > 10**9:
             raise CommandError(f"<{a.name}> must be a positive whole number, got {tok[:20]!r}. {usage}")
         return int(tok)
     if a.kind == "number":

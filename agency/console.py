@@ -419,12 +419,16 @@ async def _follow(service, chat: ConsoleChat, con: Console, objective: str | Non
     path: Path | None = None
     md = await service.deliverable(pid)
     if md:
-        out_dir.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^a-z0-9]+", "-", (objective or "").lower()).strip("-")[:40] or "deliverable"
         path = out_dir / f"project-{pid}-{slug}.md"
-        path.write_text(md, encoding="utf-8")
+        await asyncio.to_thread(_write_file, path, md)
     await cost_report(service, pid, con)
     return pid, final.status, path
+
+
+def _write_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 async def cost_report(service, pid: int, con: Console) -> None:

@@ -8,7 +8,7 @@ the reason. Projects that should be running but have no runner are restarted.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
@@ -28,7 +28,7 @@ class Watchdog:
         self.scheduler: AsyncIOScheduler | None = None
 
     def start(self) -> None:
-        self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.add_job(self.check_once, "interval", seconds=self.interval, max_instances=1, coalesce=True, id="watchdog")
         self.scheduler.start()
 
@@ -39,7 +39,7 @@ class Watchdog:
 
     async def check_once(self, now: datetime | None = None) -> list[str]:
         """One sweep; returns what it did (for logs and tests)."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         actions: list[str] = []
         extend = timedelta(seconds=self.engine.settings.engine.task_deadline_seconds)
         escalate: list[tuple[int, int, str]] = []

@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiosqlite
 

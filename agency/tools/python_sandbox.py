@@ -240,7 +240,8 @@ class PythonSandbox:
             str(lim.open_files), str(lim.processes),
         ]
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        argv = sandbox_argv(os.path.realpath(bwrap), rt, command, scratch_bytes=lim.scratch_mb * 1024 * 1024,
+        real_bwrap = os.path.realpath(bwrap)  # noqa: ASYNC240 -- a few lstat/readlink calls on a local path, once per run
+        argv = sandbox_argv(real_bwrap, rt, command, scratch_bytes=lim.scratch_mb * 1024 * 1024,
                             info_fd=info_w, env=_ENV)
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -67,7 +67,7 @@ class WebSearchTool:
 
         try:
             results = await asyncio.wait_for(asyncio.to_thread(search), timeout=self.timeout_seconds + 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return ToolResult.failure(self.name, f"web search timed out after {self.timeout_seconds:g} s; try again later")
         except Exception as exc:  # the library raises its own errors for rate limits and network failures
             log.warning("web_search failed for %s: %s: %s", ctx.member, type(exc).__name__, exc)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -34,7 +34,7 @@ async def test_watchdog_resumes_then_escalates_a_stuck_task(make_service) -> Non
 
     await wait_for(t1_running)
     dog = Watchdog(service.engine)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert await dog.check_once(now) == []  # nothing is late yet
     later = now + timedelta(seconds=service.settings.engine.task_deadline_seconds + 1)
     assert await dog.check_once(later) == ["resumed T1 of project 1"]

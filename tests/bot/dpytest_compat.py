@@ -64,7 +64,7 @@ REC = Recorder()
 
 
 def _iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _state() -> Any:

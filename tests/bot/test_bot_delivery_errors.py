@@ -8,12 +8,11 @@ from typing import Any
 import aiohttp
 import discord
 import discord.ext.test as dpytest
-import dpytest_compat as compat
 import pytest
-from bot_harness import eventually
 from discord.ext.test import backend as back
 from sqlalchemy import select
 
+import dpytest_compat as compat
 from agency.db import repos
 from agency.db.tables import AgencyRow, MessageRow
 from agency.ports import (
@@ -24,6 +23,7 @@ from agency.ports import (
 )
 from bot.discord_chat import ChatUnavailableError, NotInGuildError, delivery_error
 from bot.permissions import DiscordPermissionError
+from bot_harness import eventually
 
 
 def _http(status: int, code: int, text: str = "error", cls: type[discord.HTTPException] = discord.HTTPException) -> discord.HTTPException:

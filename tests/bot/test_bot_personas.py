@@ -7,9 +7,9 @@ import itertools
 import discord
 import pytest
 
+import dpytest_compat as compat
 from agency.ports import OutboundMessage, SpaceSpec
 from bot.permissions import needed_permissions
-import dpytest_compat as compat
 from bot_harness import start_harness, stop_harness
 
 _ids = itertools.count(1000)

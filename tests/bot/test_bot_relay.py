@@ -59,8 +59,10 @@ async def test_human_messages_reach_the_right_member(harness):
         before = len(h.rec.webhook_sends)
         await h.say(channel, "Please keep it under one page.")
         # the addressed member answers in the same place, under its own name
-        reply = await eventually(lambda: [s for s in h.rec.webhook_sends[before:] if s["username"] == who
-                                          and (s["thread_id"] or s["channel_id"]) == channel.id],
+        # awaited inside this iteration, but bound anyway: a closure over loop variables reads as a bug
+        reply = await eventually(lambda before=before, who=who, channel=channel: [
+                                     s for s in h.rec.webhook_sends[before:] if s["username"] == who
+                                     and (s["thread_id"] or s["channel_id"]) == channel.id],
                                  what=f"{who} to answer in {channel.name}")
         assert reply
     rows = await _inbound(h)

@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -262,7 +262,7 @@ def test_openai_embedding_reports_a_dead_endpoint() -> None:
 # --------------------------------------------------------------------------
 # Chroma memory
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 ENTRIES = [
     MemoryEntry(

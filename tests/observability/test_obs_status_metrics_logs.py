@@ -9,7 +9,6 @@ import socket
 import urllib.request
 
 import pytest
-
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -7,9 +7,9 @@ from sqlalchemy import func, select
 
 from agency.db.tables import ApprovalRow, EventRow, ProjectRow
 from agency.errors import AgencyError, NotFoundError
+from agency.llm.scripted import ScriptedModel
 from agency.models import Actor
 from tests.agency.plans import DIAMOND
-from agency.llm.scripted import ScriptedModel
 from tests.conftest import AGENCY, wait_for
 
 OTHER = "other-guild"
