@@ -75,11 +75,12 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor
 
 REDACTED = "[REDACTED]"
 _SECRET_ENV = ("OPENAI_API_KEY", "DISCORD_TOKEN")
@@ -114,6 +115,7 @@ class _Scan:
 @functools.cache
 def _detectors() -> tuple[Any, tuple[_Scan, ...]]:
     """The private key detector and the scans, built once (importing detect-secrets costs ~0.1 s)."""
+    from detect_secrets.plugins import keyword as kw
     from detect_secrets.plugins.aws import AWSKeyDetector
     from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
     from detect_secrets.plugins.base import RegexBasedDetector
@@ -124,7 +126,6 @@ def _detectors() -> tuple[Any, tuple[_Scan, ...]]:
     from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
     from detect_secrets.plugins.ibm_cloud_iam import IbmCloudIamDetector
     from detect_secrets.plugins.ibm_cos_hmac import IbmCosHmacDetector
-    from detect_secrets.plugins import keyword as kw
     from detect_secrets.plugins.jwt import JwtTokenDetector
     from detect_secrets.plugins.mailchimp import MailchimpDetector
     from detect_secrets.plugins.npm import NpmDetector
@@ -347,7 +348,7 @@ def redact(text: str) -> str:
     return _redact_cached(text, configured)
 
 
-def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact_processor(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
     for k, v in list(event_dict.items()):
         if isinstance(v, str):
             event_dict[k] = redact(v)
@@ -358,7 +359,7 @@ def configure_logging(level: str = "INFO", *, json_logs: bool | None = None, str
     stream = stream or sys.stderr
     if json_logs is None:
         json_logs = not (hasattr(stream, "isatty") and stream.isatty())
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -25,7 +25,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 from urllib.parse import urlparse
@@ -36,6 +36,7 @@ from agency.ports import Clock, MemoryEntry, MemoryHit, MemoryKind, SystemClock
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Metadata
 
     from agency.settings import Settings
 
@@ -95,7 +96,7 @@ def entry_id(entry: MemoryEntry) -> str:
 
 
 def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def entry_metadata(entry: MemoryEntry, now: datetime) -> dict[str, Any]:
@@ -140,8 +141,7 @@ def normalise_where(where: dict[str, Any] | None) -> dict[str, Any] | None:
     clauses: list[dict[str, Any]] = []
     for key, value in where.items():
         if key in ("$and", "$or"):
-            subs = [normalise_where(w) for w in value]
-            subs = [s for s in subs if s]
+            subs = [s for s in map(normalise_where, value) if s]
             if len(subs) == 1:
                 clauses.append(subs[0])
             elif subs:
@@ -344,18 +344,16 @@ class ChromaMemory:
         for (agency_id, kind), items in groups.items():
             texts = [e.text for _, e in items]
             vectors = self._embed(texts)
-            metas = [entry_metadata(e, now) for _, e in items]
+            metas: list[Metadata] = [entry_metadata(e, now) for _, e in items]
             batch = max(1, min(5000, self._client().get_max_batch_size()))
             for s in range(0, len(items), batch):
-                chunk_ids = [i for i, _ in items[s : s + batch]]
+                chunk = slice(s, s + batch)
+                chunk_ids = [i for i, _ in items[chunk]]
 
-                def upsert(c: Collection, s: int = s, chunk_ids: list[str] = chunk_ids) -> None:
-                    c.upsert(
-                        ids=chunk_ids,
-                        embeddings=vectors[s : s + batch],
-                        documents=texts[s : s + batch],
-                        metadatas=metas[s : s + batch],
-                    )
+                # called right away (through _retrying), but bound to this chunk's values all the same
+                def upsert(c: Collection, ids: list[str] = chunk_ids, embeddings: list[Any] = vectors[chunk],
+                           documents: list[str] = texts[chunk], metadatas: list[Metadata] = metas[chunk]) -> None:
+                    c.upsert(ids=ids, embeddings=embeddings, documents=documents, metadatas=metadatas)
 
                 with self._lock:
                     self._retrying(agency_id, kind, upsert)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from agency import commands as cmdlib
 from agency.db import repos
-from agency.db.repos import SYSTEM, overview, post
 from agency.db.records import member_record, member_records
+from agency.db.repos import SYSTEM, overview, post
 from agency.db.session import Database
 from agency.db.tables import (
     AgencyRow,
@@ -198,9 +198,11 @@ class AgencyService:
         if actor is not None and not actor.is_director:
             raise PermissionDeniedError("Only the Director can start a project.")
         try:
-            req = ProjectRequest(objective=redact(objective or ""), oversight=oversight or self.settings.engine.default_oversight,
-                                 budget_usd=budget_usd if budget_usd is not None else self.settings.engine.budget_usd,
-                                 budget_tokens=budget_tokens if budget_tokens is not None else self.settings.engine.budget_tokens)
+            # validated from a dict: oversight is whatever the person typed, checked here against the levels
+            req = ProjectRequest.model_validate({
+                "objective": redact(objective or ""), "oversight": oversight or self.settings.engine.default_oversight,
+                "budget_usd": budget_usd if budget_usd is not None else self.settings.engine.budget_usd,
+                "budget_tokens": budget_tokens if budget_tokens is not None else self.settings.engine.budget_tokens})
         except ValidationError as e:
             raise AgencyError("Cannot start the project: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
         async with self.db.session() as s:
@@ -277,12 +279,12 @@ class AgencyService:
                 pid = await self._project_of_address(s, a.id, address)
                 if pid:
                     return pid
-            p = (await s.execute(select(ProjectRow.id).where(ProjectRow.agency_id == a.id, ProjectRow.status.not_in(TERMINAL)).order_by(ProjectRow.id.desc()).limit(1))).scalar_one_or_none()
-            if p is None:
-                p = (await s.execute(select(ProjectRow.id).where(ProjectRow.agency_id == a.id).order_by(ProjectRow.id.desc()).limit(1))).scalar_one_or_none()
-            if p is None:
+            latest = (await s.execute(select(ProjectRow.id).where(ProjectRow.agency_id == a.id, ProjectRow.status.not_in(TERMINAL)).order_by(ProjectRow.id.desc()).limit(1))).scalar_one_or_none()
+            if latest is None:
+                latest = (await s.execute(select(ProjectRow.id).where(ProjectRow.agency_id == a.id).order_by(ProjectRow.id.desc()).limit(1))).scalar_one_or_none()
+            if latest is None:
                 raise NotFoundError("There is no project yet: start one with `/project new`.")
-            return p
+            return latest
 
     async def _project_of_address(self, s: Any, agency_id: int, address: str) -> int | None:
         kind, _, rest = address.partition(":")
@@ -324,7 +326,7 @@ class AgencyService:
                     MessageRow.status == MessageState.UNDELIVERABLE,
                     or_(MessageRow.project_id == project_id, and_(MessageRow.agency_id == p.agency_id, MessageRow.project_id.is_(None))))
                 .group_by(MessageRow.error).order_by(func.count(MessageRow.id).desc()))).all()]
-            end = p.finished_at or datetime.now(timezone.utc)
+            end = p.finished_at or datetime.now(UTC)
             return StatusReport(
                 project=self._info(p), tasks=infos, streams=by_stream,
                 running=[f"{t.key} @{t.assignee}" for t in infos if t.status in ("running", "review")],
@@ -797,7 +799,7 @@ class AgencyService:
         """Agency external id -> the recorded Director role id, for every agency that has one."""
         async with self.db.session() as s:
             rows = (await s.execute(select(AgencyRow.external_id, AgencyRow.director_role_id).where(AgencyRow.director_role_id.is_not(None)))).all()
-            return {ext: rid for ext, rid in rows}
+            return {ext: rid for ext, rid in rows if rid is not None}  # (the query leaves out None already)
 
     async def member_address(self, agency_external_id: str, handle: str, project_id: int) -> str | None:
         """Where a virtual member listens in a project: the PM in ``overview``, a Collaborator in its

@@ -21,7 +21,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
 import discord
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_NAME = "A-TEAMs"
 RECENT_CHECK = 50  # messages read back when a resend after a crash may be a duplicate
-THREAD_ARCHIVE_MINUTES = 10080  # a week: specialists' threads stay open between turns
+THREAD_ARCHIVE_MINUTES: Literal[10080] = 10080  # a week: specialists' threads stay open between turns
 _COLOURS = (0x5865F2, 0x57F287, 0xFEE75C, 0xEB459E, 0xED4245, 0x3BA55C, 0xFAA61A, 0x9B59B6)
 # Discord's limits per channel (a thread counts as one): bots 5 messages per 5 s, webhooks about 30 per minute
 PACE_LIMITS: tuple[tuple[int, float], ...] = ((5, 5.0), (30, 60.0))
@@ -352,12 +352,12 @@ class DiscordChat:
                 return found
             if not guild.me.guild_permissions.manage_channels and not guild.me.guild_permissions.administrator:
                 raise DiscordPermissionError("manage_channels")
-            return await guild.create_text_channel(name, topic=topic or None, reason=reason)
+            return await guild.create_text_channel(name, topic=topic or discord.utils.MISSING, reason=reason)  # (MISSING: no topic)
         if space.kind == "project":
             name = (space.name or space.address)[:100]
-            found = discord.utils.find(lambda c: c.name == name, guild.categories)
-            if found is not None:
-                return found
+            category = discord.utils.find(lambda c: c.name == name, guild.categories)
+            if category is not None:
+                return category
             if not guild.me.guild_permissions.manage_channels and not guild.me.guild_permissions.administrator:
                 raise DiscordPermissionError("manage_channels")
             return await guild.create_category(name, reason=reason)
@@ -366,9 +366,9 @@ class DiscordChat:
             if not isinstance(parent, discord.TextChannel):
                 raise AgencyError(f"The parent of {space.address} is not a text channel.")
             name = (space.name or space.address)[:100]
-            found = discord.utils.find(lambda t: t.name == name, parent.threads)
-            if found is not None:
-                return found
+            thread = discord.utils.find(lambda t: t.name == name, parent.threads)
+            if thread is not None:
+                return thread
             self._check(parent, "create_public_threads", "send_messages_in_threads")
             return await parent.create_thread(name=name, type=discord.ChannelType.public_thread,
                                               auto_archive_duration=THREAD_ARCHIVE_MINUTES, reason=reason)
@@ -380,7 +380,7 @@ class DiscordChat:
         if found is not None:
             return found
         self._check(parent, "manage_channels")
-        return await parent.create_text_channel(name, topic=topic or None, reason=reason)
+        return await parent.create_text_channel(name, topic=topic or discord.utils.MISSING, reason=reason)
 
     # -- the Director is told once -----------------------------------------------------------------
     async def warn_once(self, guild: discord.Guild, key: str, text: str) -> None:
@@ -611,7 +611,7 @@ class DiscordChat:
                                            thread=thread if thread is not None else discord.utils.MISSING, wait=True,
                                            allowed_mentions=allowed, **extra)
         # no webhook: an embed whose author is the persona; a nonce makes a resend after a crash a no-op
-        dest: discord.abc.Messageable = thread or channel
+        dest: discord.TextChannel | discord.Thread = thread or channel
         missing = missing_in(dest, "send_messages_in_threads" if thread is not None else "send_messages", "embed_links")
         if missing:
             raise DiscordPermissionError(missing, f"#{channel.name}")

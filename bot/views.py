@@ -53,8 +53,11 @@ class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=APP
         self.choice = choice
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str]) -> "ApproveButton":
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]) -> "ApproveButton":
+        # item: the message's component with this custom id, a Button (discord.py's signature names any Item)
         choice = match["choice"]
+        if not isinstance(item, discord.ui.Button):
+            return cls(int(match["approval_id"]), int(choice) if choice else None)
         return cls(int(match["approval_id"]), int(choice) if choice else None, label=item.label, style=item.style)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -103,7 +106,7 @@ def _submitted_value(components: Any) -> str | None:
 
 async def submit_reject_reason(interaction: discord.Interaction) -> bool:
     """Decide a reject from its reason form; False when ``interaction`` is not such a submission."""
-    data = interaction.data or {}
+    data: dict[str, Any] = dict(interaction.data or {})
     match = re.fullmatch(REJECT_REASON_TEMPLATE, str(data.get("custom_id", "")))
     if interaction.type is not discord.InteractionType.modal_submit or match is None:
         return False
@@ -128,8 +131,10 @@ class RejectButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REJE
         self.approval_id = approval_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str]) -> "RejectButton":
-        return cls(int(match["approval_id"]), label=item.label or "Reject")
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]) -> "RejectButton":
+        # item: the message's component with this custom id, a Button (discord.py's signature names any Item)
+        label = item.label if isinstance(item, discord.ui.Button) else None
+        return cls(int(match["approval_id"]), label=label or "Reject")
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return await _director_only(interaction)

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -37,7 +38,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # every driver connection this engine opens, so that dispose() can close the ones the pool
         # no longer knows about (a session abandoned by a cancelled task still holds SQLite's write lock)
-        self._opened: dict[int, object] = {}
+        # (DBAPI connections, untyped: the async drivers' adapters carry the driver's own as .driver_connection)
+        self._opened: dict[int, Any] = {}
         event.listen(self.engine.sync_engine, "connect", lambda conn, _rec: self._opened.__setitem__(id(conn), conn))
         event.listen(self.engine.sync_engine.pool, "close", lambda conn, _rec: self._opened.pop(id(conn), None))
         event.listen(self.engine.sync_engine.pool, "close_detached", lambda conn: self._opened.pop(id(conn), None))

@@ -13,7 +13,7 @@ step is applied twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -27,8 +27,8 @@ from agency.engine import tasks as task_moves
 from agency.engine.base import LOCK_RETRIES, Changes, Core, ProjectHook, ProjectPaused, Recall, RunFlags, is_lock_timeout, log
 from agency.engine.decisions import Decisions, Handler
 from agency.engine.delivery import Delivery
-from agency.engine.leases import Leases
 from agency.engine.escalation import Escalations
+from agency.engine.leases import Leases
 from agency.engine.planning import Planning
 from agency.engine.questions import Questions
 from agency.engine.review import Reviews
@@ -41,7 +41,6 @@ from agency.schemas import WorkPlan
 from agency.settings import Settings
 from agency.states import PROJECT_TERMINAL, ProjectState, TaskState
 from specialists.loader import Catalogue
-
 
 
 class Engine:
@@ -71,7 +70,8 @@ class Engine:
                                                    pm_decision=self.escalations.pm_decision),
                                    halting=flags.halting, stop_tasks=self._stop_tasks, wait_wake=self._wait_wake,
                                    stopping=lambda: flags.stopping)
-        self._steps = {ProjectState.NEW: self.planning.propose, ProjectState.PLANNING: self.planning.plan,
+        # keyed by ProjectState, looked up with the row's plain str status (a StrEnum member hashes and compares as its value)
+        self._steps: dict[str, Callable[[int], Awaitable[None]]] = {ProjectState.NEW: self.planning.propose, ProjectState.PLANNING: self.planning.plan,
                        ProjectState.STAFFING: self.staffing.staff, ProjectState.RUNNING: self.scheduler.run_tasks,
                        ProjectState.DELIVERING: self.delivery.deliver}
 

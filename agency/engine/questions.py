@@ -66,9 +66,9 @@ class Questions:
             except LLMOutputError:
                 message = ""  # an unusable answer counts as no answer
         async with core.db.session() as s:
-            t = await s.get(TaskRow, tid)
-            assert t is not None
-            rest = list(t.asks[1:])
+            cur = await s.get(TaskRow, tid)
+            assert cur is not None
+            rest = list(cur.asks[1:])
             guard = [TaskRow.seq == seq]
             if not message and not ask.get("reminded"):  # ignored once: remind in the next step
                 await transition(s, TASK, tid, TaskState.RUNNING, frm=(TaskState.RUNNING,), where=guard,
@@ -77,7 +77,7 @@ class Questions:
                 return
             item = ({"from": ask["to"], "text": message} if message
                     else {"from": SYSTEM, "text": f"@{ask['to']} did not answer; continue with what you have or ask someone else."})
-            context = [*(t.context or []), item][-HISTORY_ITEMS:]
+            context = [*(cur.context or []), item][-HISTORY_ITEMS:]
             if not await transition(s, TASK, tid, TaskState.RUNNING, frm=(TaskState.RUNNING,), where=guard,
                                     values={"asks": rest, "context": context}):
                 await s.rollback()

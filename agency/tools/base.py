@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,8 +93,12 @@ class Tool(Protocol):
 
     name: str
     description: str
-    Args: ClassVar[type[BaseModel]]
     roles: frozenset[str]
+
+    @property
+    def Args(self) -> type[BaseModel]:
+        """The arguments model (a ClassVar in each tool); read-only here, so a tool may name its own subclass."""
+        ...
 
     async def run(self, args: Any, ctx: ToolContext) -> ToolResult: ...
 

@@ -9,7 +9,6 @@ execution, refusals included, goes to the optional ``recorder``.
 from __future__ import annotations
 
 import functools
-
 import json
 import logging
 import time

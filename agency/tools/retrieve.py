@@ -58,7 +58,7 @@ def format_hits(hits: list[MemoryHit]) -> str:
     lines = []
     for i, hit in enumerate(hits, 1):
         meta = hit.metadata or {}
-        where = [hit.kind]
+        where: list[str] = [hit.kind]
         for key in ("source", "member", "project_id", "stream"):
             value = meta.get(key)
             if value not in (None, ""):
