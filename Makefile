@@ -23,7 +23,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/ateams run --dry-run --auto-approve "$(OBJECTIVE)"
 
+# lint and type check first: each stops the run with its findings (file:line) before the suite starts
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
