@@ -76,10 +76,20 @@ _HELD_BEFORE = exists().where(_held.agency_id == MessageRow.agency_id, _held.add
 _HEADS = select(MessageRow.id, MessageRow.agency_id, MessageRow.address, MessageRow.next_attempt_at, MessageRow.created_at).where(
     MessageRow.id.in_(select(func.min(MessageRow.id)).where(MessageRow.direction == "out", MessageRow.status == _M.PENDING)
                       .group_by(MessageRow.agency_id, MessageRow.address)), ~_HELD_BEFORE)
+BATCH = 20  # a space's worker reads its next pending messages this many at a time
+# a space's next pending messages, oldest first (none if the space is held behind an undeliverable one)
 _HEAD = (select(MessageRow).where(MessageRow.direction == "out", MessageRow.status == _M.PENDING,
                                   MessageRow.agency_id == bindparam("agency"), MessageRow.address == bindparam("address"),
                                   ~_HELD_BEFORE)
-         .order_by(MessageRow.id).limit(1))
+         .order_by(MessageRow.id).limit(BATCH))
+# the claim of one message, conditional on the claim it was seen with (none, or a given one)
+_CLAIM_VALUES = {"claimed_by": bindparam("owner"), "claim_expires_at": bindparam("until")}
+_CLAIM_FREE = (update(MessageRow).where(MessageRow.id == bindparam("mid"), MessageRow.status == _M.PENDING,
+                                        MessageRow.claimed_by.is_(None))
+               .values(**_CLAIM_VALUES).execution_options(synchronize_session=False))
+_CLAIM_SEEN = (update(MessageRow).where(MessageRow.id == bindparam("mid"), MessageRow.status == _M.PENDING,
+                                        MessageRow.claimed_by == bindparam("seen"))
+               .values(**_CLAIM_VALUES).execution_options(synchronize_session=False))
 _RETRY_LATER = (update(MessageRow).where(MessageRow.id == bindparam("mid"), MessageRow.status == _M.PENDING)
                 .values(attempts=MessageRow.attempts + 1, error=bindparam("err"), next_attempt_at=bindparam("at")))
 
@@ -155,6 +165,7 @@ class OutboxDispatcher:
         self._slots = asyncio.Semaphore(max(1, max_spaces))
         self._workers: dict[SpaceKey, asyncio.Task[None]] = {}
         self._recheck: set[SpaceKey] = set()  # a scan found work for a space whose worker was finishing
+        self._requeued = 0  # counts redeliveries that moved messages: a worker's batch read before one is read again
         self._pacers: dict[SpaceKey, Pacer] = {}
         self._spaces: dict[SpaceKey, tuple[SpaceSpec, str]] = {}
         self._resolving: dict[SpaceKey, asyncio.Lock] = {}
@@ -291,27 +302,51 @@ class OutboxDispatcher:
             log.error("outbox worker failed; the next scan retries", exc_info=task.exception())
 
     async def _work(self, key: SpaceKey, now: datetime | None) -> None:
-        """One space: its pending messages, oldest first, one at a time, while they are due."""
+        """One space: its pending messages, oldest first, one at a time, while they are due. They are read
+        ``BATCH`` at a time; a failure, a refused claim of a row read earlier, or a redelivery meanwhile
+        makes the worker read again before it goes on."""
         try:
+            batch: deque[MessageRow] = deque()
+            full = True  # the last read may have left rows behind
+            fresh = False  # the row at hand was read just now (not before an earlier delivery)
+            requeued = self._requeued
             while not self._stopping:
-                async with self.db.session() as s:
-                    # the first pending message (none if the space is held behind an undeliverable one)
-                    row = (await s.execute(_HEAD, {"agency": key[0], "address": key[1]})).scalar_one_or_none()
+                if requeued != self._requeued:  # messages went back to pending: an earlier one may be among them
+                    batch.clear()
+                    full = True
+                    requeued = self._requeued
+                if not batch and full:
+                    async with self.db.session() as s:
+                        batch.extend((await s.execute(_HEAD, {"agency": key[0], "address": key[1]})).scalars())
+                    full, fresh = len(batch) >= BATCH, True
+                row = batch[0] if batch else None
                 current = now or self.clock()
                 if row is None or (row.next_attempt_at is not None and row.next_attempt_at > current):
                     if key in self._recheck:  # a scan saw work here while this worker was finishing: look again
                         self._recheck.discard(key)
+                        batch.clear()
+                        full = True
+                        continue
+                    if row is None and full:  # the batch was full: more may follow
                         continue
                     return
                 await self._pace(key)
                 if self._stopping:
                     return
                 if not await self._claim(row, current):
-                    return  # another live process is sending this space's head; order is kept by never skipping it
+                    if fresh:
+                        return  # another live process is sending this space's head; order is kept by never skipping it
+                    batch.clear()  # the row changed since it was read: look again
+                    full = True
+                    continue
+                batch.popleft()
+                fresh = False
                 async with self._slots:
                     if self._stopping:
                         return
-                    await self._deliver(row, current)
+                    if not await self._deliver(row, current):  # retried later or undeliverable: what follows is read again
+                        batch.clear()
+                        full = True
         finally:
             if self._workers.get(key) is asyncio.current_task():
                 del self._workers[key]
@@ -325,11 +360,12 @@ class OutboxDispatcher:
                 or (row.claim_expires_at is not None and row.claim_expires_at < now))
         if not free:
             return False
-        seen = MessageRow.claimed_by.is_(None) if row.claimed_by is None else MessageRow.claimed_by == row.claimed_by
+        params = {"mid": row.id, "owner": self.owner, "until": now + CLAIM_TTL}
+        if row.claimed_by is not None:
+            params["seen"] = row.claimed_by
         async with self.db.session() as s:
-            n = (await s.execute(update(MessageRow).where(MessageRow.id == row.id, MessageRow.status == _M.PENDING, seen)
-                                 .values(claimed_by=self.owner, claim_expires_at=now + CLAIM_TTL)
-                                 .execution_options(synchronize_session=False))).rowcount  # type: ignore[attr-defined]
+            n = (await s.execute(_CLAIM_FREE if row.claimed_by is None else _CLAIM_SEEN,
+                                 params)).rowcount  # type: ignore[attr-defined]
             await s.commit()
         return bool(n)
 
@@ -503,6 +539,7 @@ class OutboxDispatcher:
                                  values={"next_attempt_at": None})
             await s.commit()
         if n:
+            self._requeued += 1
             log.info("outbox: %d undeliverable message(s) queued again", n)
             self.ready.set()
         return n
