@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OBJECTIVE ?= Write a one-page market brief on home espresso machines for a small coffee shop
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test coverage bench clean
 
 # bubblewrap isolates the python tool (docs/security.md); installed through apt-get when
 # missing and run as root, skipped quietly otherwise: without it the tool is simply off
@@ -28,6 +28,11 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the suite under coverage (greenlet concurrency: async SQLAlchemy code is traced); report in the terminal
+coverage: install
+	$(PY) -m coverage run -m pytest -q -p no:cacheprovider
+	$(PY) -m coverage report
 
 bench: install
 	$(PY) -m bench
