@@ -19,7 +19,7 @@ class ModelRequest:
 
     messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": ...}]
     schema_name: str  # e.g. "WorkPlan"
-    json_schema: dict[str, Any]  # pydantic's model_json_schema()
+    json_schema: dict[str, Any]  # the schema to send, as built by agency.guided: compact, strict, with this call's enums
     model: str | None = None  # the model name chosen by the router; None = provider default
     temperature: float | None = None
     # context for fakes and logs; never needed by a real provider

@@ -122,8 +122,10 @@ async def test_the_schemas_sent_for_a_plan_and_a_review_hold_the_per_call_enums(
 
 
 async def test_a_model_that_leaves_out_every_optional_field_still_plans(make_service) -> None:
-    """A constrained model sends only what is required: the plan still validates, runs and stays whole
-    (before, `stream` and `assignee` were optional and left empty on every task of 5 of 5 real plans)."""
+    """A constrained model sends only what is required (and fills the definitions of catalogue roles, as
+    the real PM did): the plan validates at once and runs, and every identity stays whole. Before,
+    `stream` and `assignee` were optional and left empty on every task of 5 of 5 real plans, and the
+    definition's one line replaced the specialist's system message."""
     full = plan([("T1", "research", "Researcher-A", []), ("T2", "production", "Writer-A", ["T1"])])
     full["thinking"] = "long reasoning a small model would rather skip"
     full["oversight"] = "autonomous"
@@ -133,6 +135,8 @@ async def test_a_model_that_leaves_out_every_optional_field_still_plans(make_ser
 
     def pm(req: ModelRequest) -> dict[str, Any]:
         reply = _required_only(req.json_schema, full)
+        for x in reply["specialists"]:  # ... but fills the optional definition of a catalogue role, as a real PM did
+            x["definition"] = {"system_message": "Research should be thorough and factual."}
         sent.append(reply)
         return reply
 
@@ -153,6 +157,11 @@ async def test_a_model_that_leaves_out_every_optional_field_still_plans(make_ser
         assert _in_enum(props["role"], x["role"]) and _in_enum(props["handle"], x["handle"])
     tasks = await _rows(service, TaskRow, TaskRow.project_id == info.id)
     assert sorted((t.key, t.status) for t in tasks) == [("T1", "done"), ("T2", "done")]
+    members = {m.handle: m for m in await _rows(service, MemberRow, MemberRow.kind == "specialist")}
+    for handle in ("Researcher-A", "Writer-A"):  # identities stay whole; the PM's line is a note after them
+        text = (await _rows(service, SystemMessageRow, SystemMessageRow.member_id == members[handle].id))[0].text
+        assert text.startswith(f"You are {handle}, a ") and "You are expected to:" in text
+        assert text.rstrip().endswith("Notes from the PM:\nResearch should be thorough and factual.")
 
 
 async def test_a_plan_retry_is_an_edit_of_the_previous_plan(make_service) -> None:

@@ -197,3 +197,19 @@ async def test_an_escalation_choice_out_of_range_is_refused(make_service) -> Non
     assert (await service.engine.pending_approval(info.id)).id == appr.id  # nothing decided
     async with service.db.session() as s:
         assert (await s.get(ProjectRow, info.id)).status == "running"
+
+
+async def test_a_dry_run_at_the_default_settings_returns_nothing(make_service, settings, tmp_path: Path) -> None:
+    """The simulator's work (the offline demo) passes the checks at the production minimum size, and its
+    plan covers its outputs: nothing is returned, every task is reviewed once."""
+    from agency.settings import load_settings
+
+    cfg = load_settings(data_dir=tmp_path / "data", memory={"enabled": False})
+    assert cfg.engine.min_output_chars == 200
+    model = ScriptedModel()
+    service = await make_service(model, cfg=cfg)
+    info = await service.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
+    assert await drive(service, info.id) == "done"
+    kinds = [e.kind for e in await _rows(service, EventRow, EventRow.project_id == info.id)]
+    assert "submission_returned" not in kinds and "plan_invalid" not in kinds
+    assert len(model.calls("Review")) == len(await _rows(service, TaskRow, TaskRow.project_id == info.id)) == 5
