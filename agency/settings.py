@@ -265,7 +265,7 @@ def _url_problem(url: str, *, bare_host: bool = False) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         return "is not an http(s) URL (e.g. http://127.0.0.1:8080/v1)"
     try:
-        parsed.port
+        _ = parsed.port  # reading it checks it
     except ValueError:
         return "has an invalid port"
     return None

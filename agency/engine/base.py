@@ -64,7 +64,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def norm(text: str) -> str:
+def norm(text: str | None) -> str:
     return " ".join((text or "").lower().split())
 
 

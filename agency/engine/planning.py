@@ -232,9 +232,9 @@ class Planning:
             known_assignees=list(handles) + humans,
         )
         used = {t.stream for t in plan.tasks}
-        for st in plan.streams:
-            if st.key not in used:
-                problems.append(f"stream {st.key} has no tasks; remove it or give it tasks")
+        for stream in plan.streams:
+            if stream.key not in used:
+                problems.append(f"stream {stream.key} has no tasks; remove it or give it tasks")
         problems += uncovered(plan.outputs, plan.success_criteria, plan.tasks, plan.streams)
         if p.budget_usd:
             est = self.estimate_cost(plan)

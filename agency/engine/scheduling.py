@@ -10,7 +10,7 @@ carries on exactly where the last committed step left it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,7 +49,7 @@ class TaskSteps:
 
 class Scheduler:
     def __init__(self, core: Core, steps: TaskSteps, *, halting: set[int], stop_tasks: Callable[[list[asyncio.Task[Any]], float], Awaitable[None]],
-                 wait_wake: Callable[[int], Awaitable[None]], stopping: Callable[[], bool]) -> None:
+                 wait_wake: Callable[[int], Coroutine[Any, Any, None]], stopping: Callable[[], bool]) -> None:
         self.core = core
         self.steps = steps
         self.stats: dict[int, FlightStats] = {}

@@ -37,12 +37,12 @@ class Staffing:
         core = self.core
         aid, pid = p.agency_id, p.id
         members: dict[str, MemberRow] = {}
-        for st in plan.specialists:
-            m = await repos.member_by_handle(s, aid, st.handle)
+        for sp in plan.specialists:
+            m = await repos.member_by_handle(s, aid, sp.handle)
             if m is None:  # the PM's definition extends the catalogue's (validated with the plan), never replaces it
-                definition = merge_definition(st.role, core.catalogue.get(st.role), st.definition)
-                m = await core.ensure_member(s, aid, st.handle, "specialist", st.role, definition)
-            members[st.handle] = m
+                definition = merge_definition(sp.role, core.catalogue.get(sp.role), sp.definition)
+                m = await core.ensure_member(s, aid, sp.handle, "specialist", sp.role, definition)
+            members[sp.handle] = m
         for m in (await s.execute(select(MemberRow).where(MemberRow.agency_id == aid, MemberRow.kind == "human"))).scalars():
             members.setdefault(m.handle, m)
         streams: dict[str, StreamRow] = {}
@@ -61,28 +61,28 @@ class Staffing:
         for t in plan.tasks:
             m = members[t.assignee]
             scores = t.scores.model_dump()
-            row = TaskRow(project_id=pid, key=t.id, title=t.title, description=t.description, stream_id=streams[t.stream].id,
-                          assignee_id=m.id, success_criteria=t.success_criteria, status=TaskState.PENDING,
-                          scores={**scores, "weighted": weighted_score(scores, weights)}, tier=core.tier_for(scores), context=[], asks=[])
-            s.add(row)
-            tasks[t.id] = row
+            task_row = TaskRow(project_id=pid, key=t.id, title=t.title, description=t.description, stream_id=streams[t.stream].id,
+                               assignee_id=m.id, success_criteria=t.success_criteria, status=TaskState.PENDING,
+                               scores={**scores, "weighted": weighted_score(scores, weights)}, tier=core.tier_for(scores), context=[], asks=[])
+            s.add(task_row)
+            tasks[t.id] = task_row
         await s.flush()
         for t in plan.tasks:
-            for d in t.depends_on:
-                s.add(TaskDepRow(task_id=tasks[t.id].id, depends_on_id=tasks[d].id))
+            for dep in t.depends_on:
+                s.add(TaskDepRow(task_id=tasks[t.id].id, depends_on_id=tasks[dep].id))
         introduced: set[tuple[int, int]] = set()
         for t in plan.tasks:
-            m, st = members[t.assignee], streams[t.stream]
-            if (st.id, m.id) in introduced:
+            m, sr = members[t.assignee], streams[t.stream]
+            if (sr.id, m.id) in introduced:
                 continue
-            introduced.add((st.id, m.id))
-            s.add(StreamMemberRow(stream_id=st.id, member_id=m.id))
+            introduced.add((sr.id, m.id))
+            s.add(StreamMemberRow(stream_id=sr.id, member_id=m.id))
             if m.kind == "human":
-                post(s, aid, pid, stream_addr(st.id), SYSTEM, f"{m.display_name or m.handle} joins #{st.key} as a human specialist.",
+                post(s, aid, pid, stream_addr(sr.id), SYSTEM, f"{m.display_name or m.handle} joins #{sr.key} as a human specialist.",
                      mentions=[m.external_user_id] if m.external_user_id else [])
                 continue
-            await repos.declare_space(s, aid, thread_addr(st.id, m.id), "thread", f"{m.handle} - work", parent=stream_addr(st.id))
+            await repos.declare_space(s, aid, thread_addr(sr.id, m.id), "thread", f"{m.handle} - work", parent=stream_addr(sr.id))
             d = m.definition or {}
-            post(s, aid, pid, thread_addr(st.id, m.id), m.handle,
+            post(s, aid, pid, thread_addr(sr.id, m.id), m.handle,
                  f"Hi, I'm {m.handle} ({d.get('title') or m.role}). Expertise: {', '.join(d.get('expertise', [])[:3]) or m.role}. "
                  f"I'll post my work on {', '.join(x.id for x in plan.tasks if x.assignee == m.handle and x.stream == t.stream)} here.")

@@ -129,7 +129,8 @@ class CircuitBreaker:
         return self._open_until.get(key, 0.0) > time.monotonic()
 
     async def wait(self, key: str) -> None:
-        while (delay := self._open_until.get(key, 0.0) - time.monotonic()) > 0:
+        # a deadline that a new failure may move, not a flag someone sets: re-read at least every second
+        while (delay := self._open_until.get(key, 0.0) - time.monotonic()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(delay, 1.0))
 
     def success(self, key: str) -> None:
@@ -366,7 +367,9 @@ class LLMClient:
         values = {k: v for k in _CALL_COLUMNS if (v := getattr(row, k)) is not None}  # None: the column's default
         values["created_at"] = row.created_at = utcnow()
         async with self.db.engine.begin() as conn:  # a prebuilt insert, no ORM session: this runs for every model call
-            row.id = (await conn.execute(_INSERT_CALL, values)).inserted_primary_key[0]
+            pk = (await conn.execute(_INSERT_CALL, values)).inserted_primary_key
+            assert pk is not None  # (None only when no row was inserted)
+            row.id = pk[0]
         if row.call_key and fields.get("outcome") in ("ok", "repaired"):
             self._keys_recorded.add(row.call_key)
         for obs in self.observers:

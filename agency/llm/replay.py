@@ -100,7 +100,7 @@ class RecordedCall:
     @property
     def engine_call(self) -> bool:
         """A call the engine makes while running the project (the Learning Manager's are not replayed)."""
-        return self.role != "learning" and bool(self.key) and self.key.startswith(("project:", "task:"))
+        return self.role != "learning" and (self.key or "").startswith(("project:", "task:"))
 
     def describe(self) -> str:
         return f"{self.role} {self.purpose} {self.key or '(no key)'}"
@@ -335,7 +335,7 @@ async def replay_recording(settings: Settings, recording: Recording, workdir: Pa
     cfg = settings.model_copy(update={
         "data_dir": workdir, "database_url": None, "dry_run": recording.dry_run,
         "memory": settings.memory.model_copy(update={"enabled": False}),
-        "metrics": MetricsSettings(),
+        "metrics": MetricsSettings(port=0),  # no metrics server for a replay
         "engine": settings.engine.model_copy(update={"budget_usd": None, "budget_tokens": None}),
     })
     db = Database.from_settings(cfg)
