@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BindParameter,
     and_,
     bindparam,
     exists,
@@ -83,7 +84,7 @@ _HEAD = (select(MessageRow).where(MessageRow.direction == "out", MessageRow.stat
                                   ~_HELD_BEFORE)
          .order_by(MessageRow.id).limit(BATCH))
 # the claim of one message, conditional on the claim it was seen with (none, or a given one)
-_CLAIM_VALUES = {"claimed_by": bindparam("owner"), "claim_expires_at": bindparam("until")}
+_CLAIM_VALUES: dict[str, BindParameter[Any]] = {"claimed_by": bindparam("owner"), "claim_expires_at": bindparam("until")}
 _CLAIM_FREE = (update(MessageRow).where(MessageRow.id == bindparam("mid"), MessageRow.status == _M.PENDING,
                                         MessageRow.claimed_by.is_(None))
                .values(**_CLAIM_VALUES).execution_options(synchronize_session=False))
