@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency.db import repos
@@ -153,7 +154,9 @@ class Scheduler:
             if st.status != StreamState.OPEN or not mine or not all(t.status in TASK_FINISHED for t in mine):
                 continue
             gated = p.oversight == "milestones"
+            still_running = StreamRow.project_id.in_(select(ProjectRow.id).where(ProjectRow.id == p.id, ProjectRow.status == ProjectState.RUNNING))
             if not await transition(s, STREAM, st.id, StreamState.GATED if gated else StreamState.DONE, frm=(StreamState.OPEN,),
+                                    where=[still_running],  # a cancel (or pause) committed meanwhile: no milestone for it
                                     project_id=p.id, event="stream_complete", stream=st.key, gated=gated):
                 continue
             if gated:
