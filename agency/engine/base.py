@@ -145,6 +145,14 @@ class Core:
                                    status="active", reason="created from the definition"))
         return m
 
+    async def project_and_pm(self, s: AsyncSession, pid: int) -> tuple[ProjectRow, MemberRow]:
+        """The project of a PM step and its agency's PM (created, and committed, on the agency's first one)."""
+        p = await s.get(ProjectRow, pid)
+        assert p is not None
+        pm = await self.ensure_member(s, p.agency_id, PM_HANDLE, "pm", "pm")
+        await s.commit()
+        return p, pm
+
     async def recall_for(self, agency_id: int, handle: str, role: str | None, query: str, project_id: int | None) -> tuple[str, list[Any]]:
         if self.recall is None:
             return "", []

@@ -32,10 +32,7 @@ class Delivery:
     async def deliver(self, pid: int) -> None:
         core = self.core
         async with core.db.session() as s:
-            p = await s.get(ProjectRow, pid)
-            assert p is not None
-            pm = await core.ensure_member(s, p.agency_id, PM_HANDLE, "pm", "pm")
-            await s.commit()
+            p, pm = await core.project_and_pm(s, pid)
             every = list((await s.execute(select(TaskRow).where(TaskRow.project_id == pid).order_by(TaskRow.key))).scalars())
             tasks = [t for t in every if t.status == TaskState.DONE]
             no_review = await unreviewed(s, pid)
@@ -51,8 +48,9 @@ class Delivery:
         msgs = pm_role.deliver_messages(p.objective, plan.summary if plan else "", outputs, notes, missing)
         result = await core.llm.call(Deliverable, msgs, ctx)
         async with core.db.session() as s:
-            p = await s.get(ProjectRow, pid)
-            assert p is not None
+            fresh = await s.get(ProjectRow, pid)
+            assert fresh is not None
+            p = fresh
             tokens, cost, calls = await repos.project_usage(s, pid)
             md = redact(self.render(p, result, outputs, tokens, cost, calls, missing))
             if not await transition(s, PROJECT, pid, ProjectState.DONE, frm=(ProjectState.DELIVERING,), project_id=pid, event="delivered",

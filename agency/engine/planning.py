@@ -48,10 +48,7 @@ class Planning:
     async def propose(self, pid: int) -> None:
         core = self.core
         async with core.db.session() as s:
-            p = await s.get(ProjectRow, pid)
-            assert p is not None
-            pm = await core.ensure_member(s, p.agency_id, PM_HANDLE, "pm", "pm")
-            await s.commit()
+            p, pm = await core.project_and_pm(s, pid)
             notes = [n["text"] for n in p.director_notes if n.get("about") == "approach"]
             memories, retrieved = await core.recall_for(p.agency_id, PM_HANDLE, "pm", p.objective, p.id)
             ctx = core.ctx(p, "pm", "approaches", f"approaches:r{p.approach_round}", member_id=pm.id)
@@ -59,8 +56,9 @@ class Planning:
             round_ = p.approach_round
         result = await core.llm.call(ApproachSet, pm_role.approaches_messages(p.objective, notes, memories), ctx)
         async with core.db.session() as s:
-            p = await s.get(ProjectRow, pid)
-            assert p is not None
+            fresh = await s.get(ProjectRow, pid)
+            assert fresh is not None
+            p = fresh
             text = "\n\n".join(
                 f"**{i}. {a.title}**{' (recommended)' if i == result.recommended else ''}\n{a.summary}\n"
                 f"Outputs: {', '.join(a.outputs)}\nRisks: {', '.join(a.risks) or 'none noted'}\nRough cost: {a.rough_cost or 'n/a'}"
