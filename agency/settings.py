@@ -20,7 +20,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -69,6 +69,10 @@ class LLMSettings(_Section):
             "gpt-4o": Price(input=2.50, output=10.00),
         }
     )
+    # a bound on every reply, by purpose ("default" for the rest): a model that runs on never ties up a local
+    # server or a paid API for minutes; generous enough for a full plan, a task's output or the deliverable
+    max_tokens: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: {
+        "default": 2000, "plan": 4000, "work": 4000, "deliver": 6000, "review": 1200, "approaches": 2000})
     circuit_failures: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(30.0, gt=0)
     # the OpenAI SDK's HTTP transport: aiohttp (the SDK's advice for concurrency; about 40% less CPU per

@@ -22,6 +22,7 @@ class ModelRequest:
     json_schema: dict[str, Any]  # the schema to send, as built by agency.guided: compact, strict, with this call's enums
     model: str | None = None  # the model name chosen by the router; None = provider default
     temperature: float | None = None
+    max_tokens: int | None = None  # the reply's length bound (``[llm] max_tokens`` by purpose); None = the server's
     # context for fakes and logs; never needed by a real provider
     role: str = ""  # pm | collaborator | specialist | learning
     purpose: str = ""  # approaches | plan | work | review | deliver | answer | ...

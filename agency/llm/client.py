@@ -167,6 +167,10 @@ CallObserver = Callable[[LLMCallRow], None]
 
 
 class LLMClient:
+    def _max_tokens(self, purpose: str) -> int | None:
+        limits = self.settings.llm.max_tokens
+        return limits.get(purpose, limits.get("default"))
+
     def __init__(self, db: Database, models: ModelSet, settings: Settings, *, budget_check: BudgetCheck | None = None) -> None:
         self.db = db
         self.models = models
@@ -207,6 +211,7 @@ class LLMClient:
             schema_name=schema.__name__,
             json_schema=json_schema if json_schema is not None else sent_schema(schema),
             model=model,
+            max_tokens=self._max_tokens(ctx.purpose),
             role=ctx.role,
             purpose=ctx.purpose,
             meta=ctx.meta,
@@ -230,6 +235,7 @@ class LLMClient:
                 schema_name=request.schema_name,
                 json_schema=request.json_schema,
                 model=model,
+                max_tokens=request.max_tokens,
                 role=ctx.role,
                 purpose=ctx.purpose,
                 meta={**ctx.meta, "repair": str(first)},

@@ -143,6 +143,7 @@ class OpenAIModel:
             raise ValueError(f"unknown HTTP transport {transport!r}; use aiohttp or httpx")
         self.model = model
         self.base_url = base_url
+        self._openai_api = base_url is None or "api.openai.com" in base_url
         self.mode: StructuredMode | Literal["auto"] = mode
         self.timeout = timeout
         self.name = name or f"openai:{model}"
@@ -278,6 +279,8 @@ class OpenAIModel:
         kwargs: dict[str, Any] = {"model": model}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if request.max_tokens:  # OpenAI's own API takes the newer name; compatible servers the classic one
+            kwargs["max_completion_tokens" if self._openai_api else "max_tokens"] = request.max_tokens
         if mode == "json_schema":
             kwargs["response_format"] = {
                 "type": "json_schema",
@@ -285,9 +288,11 @@ class OpenAIModel:
             }
         elif mode == "json_object":
             kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
-            suffix = (
-                f"\n\nAnswer with one JSON object (no prose, no code fences) that conforms to the {name} "
-                f"JSON schema:\n{json.dumps(request.json_schema, separators=(',', ':'))}"
+            compact = json.dumps(request.json_schema, separators=(",", ":"))
+            shown = bool(messages) and messages[0].get("role") == "system" and compact in (messages[0].get("content") or "")
+            suffix = (  # the schema once: the agency's system prompts already end with it
+                f"\n\nAnswer with one JSON object (no prose, no code fences) that conforms to the {name} JSON schema"
+                + (" above." if shown else f":\n{compact}")
             )
             if messages and messages[0].get("role") == "system":
                 messages[0]["content"] = f"{messages[0].get('content') or ''}{suffix}"

@@ -113,3 +113,13 @@ async def test_circuit_breaker_pauses_a_failing_model_instead_of_burning_retries
     assert calls[3] - calls[2] >= 0.25  # it waited for the circuit, not for a retry backoff (0.001 s)
     assert not client.breaker.is_open("gpt-4o-mini")
     await db.dispose()
+
+
+async def test_every_request_carries_the_reply_bound_of_its_purpose(settings: Settings) -> None:
+    answers = iter([{"decision": "revise"}, GOOD])  # an invalid reply, then the repair round
+    client, model, db = await _client(settings, lambda r: json.dumps(next(answers)))
+    await client.call(Review, [{"role": "user", "content": "review"}], CallContext(role="collaborator", purpose="review"))
+    limits = settings.llm.max_tokens
+    assert [r.max_tokens for r in model.requests] == [limits["review"], limits["review"]]
+    assert client._max_tokens("answer") == limits["default"]
+    await db.dispose()

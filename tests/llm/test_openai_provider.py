@@ -554,3 +554,20 @@ def test_refuses_mode_reads_param_first() -> None:
     assert not refuses_mode("json_object", 400, "tools are not supported")  # not a field the mode sends
     for status in (404, 429, 500, 502, 503):
         assert not refuses_mode("json_schema", status, "response_format json_schema unsupported", "response_format")
+
+
+async def test_every_call_sends_its_reply_bound(server: MockOpenAIServer, make_model: Any) -> None:
+    """Issue 13: max_tokens is sent on every call (a compatible server gets the classic name)."""
+    for mode in ("json_schema", "json_object", "tool"):
+        await make_model(mode=mode).generate(make_request(max_tokens=321))
+        assert server.requests[-1]["max_tokens"] == 321, mode
+
+
+async def test_json_object_mode_sends_the_schema_once(server: MockOpenAIServer, make_model: Any) -> None:
+    """Issue 13: a system prompt that already shows the schema (as the agency's do) does not get it again."""
+    compact = json.dumps(SCHEMA, separators=(",", ":"))
+    req = make_request(messages=[{"role": "system", "content": f"You are a careful assistant.\n\nJSON schema of your reply:\n{compact}"},
+                                 {"role": "user", "content": "hi"}])
+    await make_model(mode="json_object").generate(req)
+    system = server.requests[-1]["messages"][0]["content"]
+    assert system.count(compact) == 1 and system.endswith("schema above.")
