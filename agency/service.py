@@ -419,8 +419,10 @@ class AgencyService:
                 await s.rollback()
                 await s.refresh(p)  # a rollback expires what the session loaded
                 return f"Project #{project_id} is {p.status}."
-            post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} paused by {actor.name}. Work in flight stops before its next model call.")
+            post(s, p.agency_id, p.id, overview(p.id), SYSTEM, f"Project #{p.id} paused by {actor.name}. Model calls in flight are stopped; "
+                 "`/project resume` makes them again.")
             await s.commit()
+        self.engine.abort_calls(project_id)
         self.engine._changed(project_id)
         return f"Project #{project_id} paused."
 
@@ -452,6 +454,7 @@ class AgencyService:
                 await s.refresh(p)  # a rollback expires what the session loaded
                 return f"Project #{project_id} is already {p.status}."
             await s.commit()
+        self.engine.abort_calls(project_id)
         self.engine.wake(project_id)
         self.engine._changed(project_id)
         return f"Project #{project_id} cancelled."

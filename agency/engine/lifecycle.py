@@ -124,6 +124,20 @@ class Engine:
     async def cancel_in(self, s: AsyncSession, p: ProjectRow, why: str) -> bool:
         return await task_moves.cancel(s, p, why)
 
+    def abort_calls(self, pid: int) -> int:
+        """Cancel the project's model calls in flight (after a pause or cancel): the connection closes, so
+        the server stops generating and a paid API stops billing. Only tasks waiting on a model are
+        cancelled (nothing of their step is committed yet); returns how many."""
+        tasks = [*self.scheduler.workers.get(pid, {}).values(), self._runners.get(pid)]
+        aborted = 0
+        for t in tasks:
+            if t is not None and not t.done() and t in self.llm.in_model:
+                t.cancel()
+                aborted += 1
+        if aborted:
+            log.info("project %s: %d model call(s) in flight aborted", pid, aborted)
+        return aborted
+
     async def escalate(self, pid: int, tid: int, reason: str) -> bool:
         """Escalate a running task from outside its worker (the watchdog); its worker's step in flight
         then no longer applies."""
