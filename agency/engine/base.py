@@ -60,6 +60,20 @@ def is_lock_timeout(e: BaseException) -> bool:
     return "database is locked" in str(getattr(e, "orig", e))
 
 
+# PostgreSQL's transient failures (SQLSTATE): serialization failure, deadlock, and the connection classes
+_PG_TRANSIENT = {"40001", "40P01", "08000", "08003", "08006", "08001", "08004", "57P01", "57P02", "57P03"}
+
+
+def is_transient_db_error(e: BaseException) -> bool:
+    """A database error that a redo of the step cures: SQLite's lock timeout, PostgreSQL's serialization
+    failures, deadlocks and lost connections (every step is safe to redo: its transaction was rolled back)."""
+    if is_lock_timeout(e) or getattr(e, "connection_invalidated", False):
+        return True
+    orig = getattr(e, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return str(code) in _PG_TRANSIENT if code else False
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

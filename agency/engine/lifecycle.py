@@ -18,13 +18,13 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agency.db.session import Database
 from agency.db.tables import ApprovalRow, EventRow, ProjectRow, TaskRow
 from agency.engine import tasks as task_moves
-from agency.engine.base import LOCK_RETRIES, Changes, Core, ProjectHook, ProjectPaused, Recall, RunFlags, is_lock_timeout, log
+from agency.engine.base import LOCK_RETRIES, Changes, Core, ProjectHook, ProjectPaused, Recall, RunFlags, is_transient_db_error, log
 from agency.engine.decisions import Decisions, Handler
 from agency.engine.delivery import Delivery
 from agency.engine.escalation import Escalations
@@ -291,13 +291,15 @@ class Engine:
                     await self._pause_for_budget(pid, e.user_message)
                 except LLMError as e:
                     await self._block(pid, f"A model call failed: {e.user_message}")
-                except OperationalError as e:
-                    # SQLite breaks a lock wait with "database is locked" once its busy timeout passes; the
-                    # step's transaction was rolled back, and every step is safe to redo (as after a restart)
-                    if not is_lock_timeout(e) or lock_retries >= LOCK_RETRIES:
+                except DBAPIError as e:
+                    # SQLite breaks a lock wait with "database is locked" once its busy timeout passes; PostgreSQL
+                    # aborts a serialization conflict or a deadlock, or loses the connection: the step's
+                    # transaction was rolled back, and every step is safe to redo (as after a restart)
+                    if not is_transient_db_error(e) or lock_retries >= LOCK_RETRIES:
                         raise
                     lock_retries += 1
-                    log.warning("project %s: the database was locked; retrying the step (%d/%d)", pid, lock_retries, LOCK_RETRIES)
+                    log.warning("project %s: a transient database error (%s); retrying the step (%d/%d)", pid,
+                                type(getattr(e, "orig", e)).__name__, lock_retries, LOCK_RETRIES)
                     await asyncio.sleep(min(0.5 * 2 ** lock_retries, 5.0))
                 else:
                     lock_retries = 0

@@ -32,6 +32,6 @@ async def test_a_lock_longer_than_the_busy_timeout_is_retried(make_service, tmp_
         holder.rollback()
         holder.close()
         assert await drive(service, info.id) == "done"
-    assert any("the database was locked; retrying the step" in r.getMessage() for r in caplog.records)
+    assert any("a transient database error (OperationalError); retrying the step" in r.getMessage() for r in caplog.records)
     status = await service.status(info.id)
     assert status.project.status == "done" and not status.blockers
