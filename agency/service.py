@@ -28,7 +28,7 @@ from agency.db.tables import (
     TaskRow,
     utcnow,
 )
-from agency.engine import PM_HANDLE, Engine
+from agency.engine import PM_HANDLE, Engine, ProjectPaused
 from agency.engine.tasks import ACTIVE, supersede_approvals
 from agency.errors import AgencyError, CommandError, NotFoundError, PermissionDeniedError
 from agency.llm.client import CallContext, LLMClient, ModelSet
@@ -683,6 +683,8 @@ class AgencyService:
             target_handle, agency_id, objective = target.handle, a.id, p.objective
         try:
             reply = await self.llm.call(AgentTurn, spec_role.answer_messages(identity, asker=actor.name, question=text, context=objective), ctx)
+        except ProjectPaused:  # paused or stopping: acknowledged all the same; the note is kept for the PM
+            return CommandResult(f"Noted: {target_handle} will see your message when project #{pid} runs again.", ephemeral=False)
         except AgencyError as e:
             return CommandResult(f"{target_handle} could not answer: {e.user_message}")
         async with self.db.session() as s:

@@ -45,3 +45,15 @@ async def test_pause_aborts_them_and_resume_makes_them_again(make_service) -> No
     release.set()  # from now on the model answers at once
     await service.resume(info.id, DIRECTOR)
     assert await drive(service, info.id) == "done"
+
+
+async def test_a_directors_message_to_a_paused_project_is_acknowledged(make_service) -> None:
+    started, release, aborted = asyncio.Event(), asyncio.Event(), []
+    service = await make_service(_hanging_model(started, aborted, release))
+    info = await service.new_project(AGENCY, OBJECTIVE, oversight="autonomous", actor=DIRECTOR)
+    await asyncio.wait_for(started.wait(), 20)
+    await service.pause(info.id, DIRECTOR)
+    result = await service.handle_message(AGENCY, f"overview:{info.id}", DIRECTOR, "Please cover balcony composting too.")
+    assert result is not None and "Noted" in result.text and not result.ephemeral
+    assert (await service.project(info.id)).status == "paused"
+    release.set()
