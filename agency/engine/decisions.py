@@ -35,11 +35,12 @@ class Decisions:
         self.core = core
         self.planning = planning
         self.on_decided = on_decided  # wakes the project's runner
-        self.handlers: dict[str, Handler] = {
+        own: dict[str, Handler] = {
             "approach": self._approach, "plan": self._plan, "milestone": self._milestone, "task": self._task,
-            "escalation": self._escalation, "budget": self._budget, **(extra or {}),
+            "escalation": self._escalation, "budget": self._budget,
         }
-        self.core_kinds = frozenset({"approach", "plan", "milestone", "task", "escalation", "budget"})
+        self.core_kinds = frozenset(own)  # the project's own gates; extra kinds (a revision) outlive the project
+        self.handlers: dict[str, Handler] = {**own, **(extra or {})}
 
     async def decide(self, approval_id: int, approved: bool, *, actor: str, reason: str | None = None, choice: int | None = None,
                      agency_id: int | None = None) -> str:

@@ -192,8 +192,9 @@ class Engine:
                     log.warning("project %s: another process took its lease; this one stops running it", pid)
                     self.flags.lost.add(pid)
                     self.wake(pid)
-                for pid in held:
-                    self.wake(pid)
+                for pid in held:  # a runner with workers in flight looks again when one ends: no need to wake it
+                    if not self.scheduler.workers.get(pid):
+                        self.wake(pid)
                 for pid in await self.leases.claimable():
                     if pid not in held and await self.leases.claim(pid):
                         log.info("project %s: taken over (its lease was free or expired)", pid)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from sqlalchemy import case, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agency.db import repos
 from agency.db.repos import SYSTEM, overview, post, stream_addr
 from agency.db.tables import ApprovalRow, EventRow, FeedbackRow, MemberRow, ProjectRow, StreamRow, TaskRow
 from agency.engine.base import DEPENDENT_KEYS, PM_HANDLE, now
@@ -139,5 +138,5 @@ async def project_handles(s: AsyncSession, pid: int) -> list[str]:
     return sorted({*rows, PM_HANDLE})
 
 
-__all__ = ["ACTIVE", "block", "cancel", "complete", "escalate", "pause_for_budget", "project_handles", "reopen", "repos", "supersede_approvals",
+__all__ = ["ACTIVE", "block", "cancel", "complete", "escalate", "pause_for_budget", "project_handles", "reopen", "supersede_approvals",
            "unreviewed"]

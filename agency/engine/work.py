@@ -21,7 +21,7 @@ from agency import commands as cmdlib
 from agency.checks import submission_problem
 from agency.db import repos
 from agency.db.repos import SYSTEM, post, thread_addr
-from agency.db.tables import MemberRow, TaskRow
+from agency.db.tables import TaskRow
 from agency.engine.base import DEP_OUTPUTS, HISTORY_ITEMS, OTHER_OUTPUTS, Core, norm
 from agency.engine.questions import member_address
 from agency.engine.tasks import escalate, project_handles
@@ -250,4 +250,3 @@ class Work:
         return None
 
 
-__all__ = ["MemberRow", "Work"]

@@ -8,7 +8,6 @@ from agency.tools.python_sandbox import (
     PythonTool,
     SandboxLimits,
     SandboxResult,
-    network_namespace_available,
 )
 from agency.tools.registry import Recorder, ToolPolicy, ToolRegistry, build_registry
 from agency.tools.retrieve import RetrieveTool
@@ -33,5 +32,4 @@ __all__ = [
     "WebSearchTool",
     "build_registry",
     "clip",
-    "network_namespace_available",
 ]

@@ -59,7 +59,6 @@ __all__ = [
     "SandboxLimits",
     "SandboxResult",
     "SandboxUnavailable",
-    "network_namespace_available",
     "sandbox_available",
 ]
 
@@ -107,12 +106,6 @@ class SandboxUnavailable(ToolError):
 def sandbox_available() -> bool:
     """Whether the isolation works here (probed once per process; see :func:`isolation_status`)."""
     return isolation_status().available
-
-
-async def network_namespace_available() -> bool:
-    """Kept for old callers: the sandbox always has its own network namespace
-    when it runs at all, so this is :func:`sandbox_available`."""
-    return await asyncio.to_thread(sandbox_available)
 
 
 # ---------------------------------------------------------------------------
